@@ -1,0 +1,229 @@
+"""Checkpoints of a ``FasterRCNN``: one state dict per parameter group, config, training state.
+
+File content (only plain types and tensors, so ``torch.load(weights_only=True)`` reads it)::
+
+    {"format": "frcnn/1",
+     "config": DetectorConfig.to_dict(),
+     "backbone_options": {...},            # keyword options the backbone was built with
+     "groups": {"shared": state_dict, "rpn": state_dict, "detector": state_dict},
+     "extra": {...},                       # caller's metadata (step name, metrics, ...)
+     "train_state": {...} | None}          # optimiser / RNG / iteration, for resuming
+
+Writes are atomic (temporary file in the same folder + ``os.replace``), so an
+interrupted save never leaves a truncated checkpoint where a good one was.
+
+A final model of the paper's four-step training is assembled from two checkpoints
+(``assemble_model``): shared convs + RPN from step 3, detector from step 4. The shared
+group is taken from the first file; step 4 trains with the shared convs frozen at their
+step-3 values (which step 3 itself kept frozen from step 2), so both files hold the same
+shared weights and nothing is lost by not comparing them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from model.config import DetectorConfig
+from model.faster_rcnn import FasterRCNN
+
+FORMAT = "frcnn/1"
+_TOP_KEYS = ("format", "config", "backbone_options", "groups", "extra", "train_state")
+# Settings that fix the shapes of the weights: two checkpoints that differ here cannot be mixed.
+_ARCHITECTURE_KEYS = ("backbone", "class_names", "anchors", "rpn")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message names the file and the problem."""
+
+
+def save_checkpoint(
+    path: Path | str,
+    model: FasterRCNN,
+    extra: dict | None = None,
+    train_state: dict | None = None,
+) -> Path:
+    """Write ``model`` (all three groups) to ``path`` atomically; returns the path."""
+    path = Path(path)
+    content = {
+        "format": FORMAT,
+        "config": model.cfg.to_dict(),
+        "backbone_options": dict(model.backbone_options),
+        "groups": {
+            name: {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            for name, module in model.group_modules().items()
+        },
+        "extra": dict(extra or {}),
+        "train_state": train_state,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(content, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The validated raw content of a checkpoint file (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        content = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # truncated zip, garbage bytes, disallowed pickle content, ...
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (corrupt, truncated or not a torch file): {error}"
+        ) from error
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        found = content.get("format") if isinstance(content, dict) else type(content).__name__
+        raise CheckpointError(f"{path}: not a Faster R-CNN checkpoint (format {found!r}, expected {FORMAT!r})")
+    missing = [k for k in _TOP_KEYS if k not in content]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing}")
+    try:
+        DetectorConfig.from_dict(content["config"])
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: invalid detector config in checkpoint: {error}") from error
+    if not isinstance(content["backbone_options"], dict):
+        raise CheckpointError(f"{path}: backbone_options must be a mapping")
+    groups = content["groups"]
+    if not isinstance(groups, dict) or set(groups) != set(FasterRCNN.GROUPS):
+        found = sorted(groups) if isinstance(groups, dict) else type(groups).__name__
+        raise CheckpointError(f"{path}: checkpoint groups are {found}, expected {list(FasterRCNN.GROUPS)}")
+    for name, state in groups.items():
+        if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
+        ):
+            raise CheckpointError(f"{path}: group {name!r} is not a state dict of tensors")
+    if not isinstance(content["extra"], dict):
+        raise CheckpointError(f"{path}: 'extra' must be a mapping")
+    if content["train_state"] is not None and not isinstance(content["train_state"], dict):
+        raise CheckpointError(f"{path}: 'train_state' must be a mapping or None")
+    return content
+
+
+def checkpoint_config(content: Mapping[str, Any]) -> DetectorConfig:
+    """The ``DetectorConfig`` stored in (validated) checkpoint content."""
+    return DetectorConfig.from_dict(content["config"])
+
+
+def load_group_state(
+    model: FasterRCNN, group: str, state: Mapping[str, Tensor], source: Path | str
+) -> None:
+    """Load one group's state dict, requiring the same keys and shapes; errors name ``source``."""
+    module = model.group_modules()[group]
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mis_shaped = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape
+    )
+    if missing or unexpected or mis_shaped:
+        raise CheckpointError(
+            f"{source}: group {group!r} does not fit the architecture "
+            f"({model.cfg.backbone}, {model.cfg.num_classes} classes): "
+            f"missing keys {_head(missing)}, unexpected keys {_head(unexpected)}, "
+            f"shape mismatches {_head(mis_shaped)}"
+        )
+    module.load_state_dict(dict(state), strict=True)
+
+
+def _head(items: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(items[:limit])
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return f"[{shown}{more}] ({len(items)})"
+
+
+def build_from_content(content: Mapping[str, Any], source: Path | str) -> FasterRCNN:
+    """A model with the checkpoint's architecture and every group's weights from ``content``."""
+    cfg = checkpoint_config(content)
+    # The weights come from the file: do not fetch pretrained ones (may be offline).
+    try:
+        model = FasterRCNN(dataclasses.replace(cfg, pretrained=False), dict(content["backbone_options"]))
+    except (ValueError, TypeError, KeyError) as error:
+        raise CheckpointError(f"{source}: cannot build the checkpoint's architecture: {error}") from error
+    model.cfg = cfg  # keep the stored config as it was (pretrained flag included)
+    for group in FasterRCNN.GROUPS:
+        load_group_state(model, group, content["groups"][group], source)
+    return model
+
+
+def _check_expected(
+    cfg: DetectorConfig,
+    source: Path | str,
+    expected_backbone: str | None,
+    expected_classes: Sequence[str] | None,
+) -> None:
+    if expected_backbone is not None and cfg.backbone != expected_backbone:
+        raise CheckpointError(
+            f"{source}: checkpoint is for backbone {cfg.backbone!r}, expected {expected_backbone!r}"
+        )
+    if expected_classes is not None and tuple(cfg.class_names) != tuple(expected_classes):
+        raise CheckpointError(
+            f"{source}: checkpoint has {cfg.num_classes} classes {list(cfg.class_names)}, "
+            f"expected {len(expected_classes)} {list(expected_classes)}"
+        )
+
+
+def load_checkpoint(
+    path: Path | str,
+    expected_backbone: str | None = None,
+    map_location: str | torch.device = "cpu",
+    expected_classes: Sequence[str] | None = None,
+) -> tuple[FasterRCNN, dict]:
+    """Rebuild the model saved in ``path``; returns ``(model, extra)``.
+
+    Refuses (``CheckpointError`` naming the file) a missing, corrupt or truncated file, a
+    file that is not a checkpoint, one for another backbone or class list than expected,
+    and one whose weights do not fit the architecture its config describes.
+    """
+    content = read_checkpoint(path, map_location=map_location)
+    _check_expected(checkpoint_config(content), path, expected_backbone, expected_classes)
+    model = build_from_content(content, path)
+    model.to(map_location)
+    return model, dict(content["extra"])
+
+
+def _architecture(content: Mapping[str, Any]) -> dict[str, Any]:
+    arch = {k: content["config"].get(k) for k in _ARCHITECTURE_KEYS}
+    arch["backbone_options"] = content["backbone_options"]
+    return arch
+
+
+def assemble_model(shared_rpn_checkpoint: Path | str, detector_checkpoint: Path | str) -> FasterRCNN:
+    """The paper's final model: shared convs + RPN from the first file, detector from the second.
+
+    Both must describe the same architecture (backbone, its options, classes, anchors, RPN);
+    the settings that do not shape weights (proposal counts, test thresholds, ...) come
+    from the detector checkpoint. See the module docstring for why the shared group is
+    taken from the first file without comparing it to the second's.
+    """
+    first = read_checkpoint(shared_rpn_checkpoint)
+    second = read_checkpoint(detector_checkpoint)
+    arch_first, arch_second = _architecture(first), _architecture(second)
+    differences = [k for k in arch_first if arch_first[k] != arch_second[k]]
+    if differences:
+        detail = "; ".join(f"{k}: {arch_first[k]!r} vs {arch_second[k]!r}" for k in differences)
+        raise CheckpointError(
+            f"cannot assemble {shared_rpn_checkpoint} (shared + rpn) with {detector_checkpoint} "
+            f"(detector): architectures differ in {detail}"
+        )
+    model = build_from_content(second, detector_checkpoint)
+    load_group_state(model, "shared", first["groups"]["shared"], shared_rpn_checkpoint)
+    load_group_state(model, "rpn", first["groups"]["rpn"], shared_rpn_checkpoint)
+    return model

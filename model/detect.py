@@ -1,0 +1,93 @@
+"""``python -m model.detect``: detect objects in one image with a trained checkpoint.
+
+Prints the detections as JSON, a list of ``{"class", "score", "box": [x1, y1, x2, y2]}``
+(0-based inclusive pixels of the original image), and with ``--out`` draws them, labelled,
+on a copy of the image. Bad input (checkpoint or image) exits with status 2 and a message
+that names the file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from model.checkpoint import CheckpointError, load_checkpoint
+from model.data.images import load_image_rgb
+from model.data.records import DatasetError
+from model.data.transforms import prepare_image
+from model.detections import Detections
+
+# Distinct, readable colours, cycled over the classes.
+_PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128))
+
+
+def detections_to_json(det: Detections, class_names: Sequence[str], score_threshold: float) -> list[dict]:
+    """Detections with score >= ``score_threshold`` as plain dicts, highest score first."""
+    keep = torch.nonzero(det.scores >= score_threshold).squeeze(1)
+    keep = keep[torch.argsort(det.scores[keep], descending=True, stable=True)]
+    return [
+        {
+            "class": class_names[int(det.labels[i]) - 1],
+            "score": round(float(det.scores[i]), 4),
+            "box": [round(float(v), 2) for v in det.boxes[i].tolist()],
+        }
+        for i in keep.tolist()
+    ]
+
+
+def draw_detections(image: np.ndarray, detections: Sequence[dict], class_names: Sequence[str]) -> Image.Image:
+    """``image`` ``[H, W, 3]`` uint8 RGB with each detection's box and "class score" label."""
+    canvas = Image.fromarray(image)
+    draw = ImageDraw.Draw(canvas)
+    for det in detections:
+        colour = _PALETTE[list(class_names).index(det["class"]) % len(_PALETTE)]
+        x1, y1, x2, y2 = det["box"]
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=2)
+        text = f"{det['class']} {det['score']:.2f}"
+        left, top, right, bottom = draw.textbbox((x1, y1), text)
+        height = bottom - top
+        ty = y1 - height - 2 if y1 - height - 2 >= 0 else y1  # above the box when there is room
+        draw.rectangle((x1, ty, x1 + (right - left) + 2, ty + height + 2), fill=colour)
+        draw.text((x1 + 1, ty), text, fill=(255, 255, 255))
+    return canvas
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model.detect", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint written by training")
+    parser.add_argument("--image", required=True, type=Path, help="image file to run on")
+    parser.add_argument("--out", type=Path, help="write the image with the detections drawn here")
+    parser.add_argument("--score-threshold", type=float, default=0.5, help="lowest score reported (default 0.5)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    args = parser.parse_args(argv)
+
+    try:
+        model, _ = load_checkpoint(args.checkpoint, map_location=args.device)
+        image = load_image_rgb(args.image)
+    except (CheckpointError, DatasetError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    cfg = model.cfg
+    tensor, scale = prepare_image(image, cfg.min_size, cfg.max_size)
+    det = model.detect(tensor.to(args.device), scale)
+    found = detections_to_json(det, cfg.class_names, args.score_threshold)
+    print(json.dumps(found, indent=2))
+    if args.out is not None:
+        try:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            draw_detections(image, found, cfg.class_names).save(args.out)
+        except (OSError, ValueError) as error:
+            print(f"error: cannot write {args.out}: {error}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

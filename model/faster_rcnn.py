@@ -1,0 +1,245 @@
+"""The assembled Faster R-CNN: backbone + RPN + Fast R-CNN detector, with its parameter groups.
+
+Shapes: one image per call, ``[3, h, w]`` RGB float 0..255 already resized by ``scale``
+(see ``model.data.transforms``); features ``[1, C, Hf, Wf]``; G gt boxes, P proposals,
+R sampled RoIs, K foreground classes.
+
+The paper's alternating training switches whole groups of layers on and off, so the
+model is split into three parameter groups, each saved as one state dict:
+
+- ``shared``: the backbone's convolutions that both networks use (``backbone.shared``);
+- ``rpn``: the RPN's 3x3 conv and its two sibling 1x1 convs;
+- ``detector``: the detector-only layers (``backbone.top``, fc6/fc7 for ZF/VGG) plus the
+  classifier, box regressor and the box-target statistics.
+
+Step 1 trains shared + rpn, step 2 shared + detector, step 3 only rpn, step 4 only
+detector (``set_trainable``). Parameters under the backbone's ``never_train`` prefixes
+(VGG-16 conv1-conv2) never train.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.backbones import build_backbone
+from model.config import DetectorConfig, ProposalConfig
+from model.detections import Detections
+from model.roi import DetectorHead, detector_loss, postprocess_detections, sample_rois
+from model.rpn.network import RegionProposalNetwork
+
+# During the RPN steps the proposals are not used; the RPN still returns some, so ask
+# for as few as possible (one box, no NMS) to keep the step cheap.
+_LOSS_ONLY_PROPOSALS = ProposalConfig(pre_nms_top_n=1, post_nms_top_n=1, use_nms=False)
+
+
+class FasterRCNN(nn.Module):
+    """Faster R-CNN (Ren et al. 2015) for ``cfg.class_names`` (background excluded)."""
+
+    GROUPS = ("shared", "rpn", "detector")
+
+    def __init__(self, cfg: DetectorConfig, backbone_options: dict | None = None) -> None:
+        super().__init__()
+        if cfg.num_classes < 1:
+            raise ValueError("DetectorConfig.class_names is empty: the detector needs at least one class")
+        self.cfg = cfg
+        self.backbone_options = dict(backbone_options or {})
+        self.backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained, **self.backbone_options)
+        mid_channels = cfg.rpn.mid_channels or self.backbone.rpn_mid_channels
+        self.rpn = RegionProposalNetwork(
+            self.backbone.feature_channels,
+            mid_channels,
+            cfg.anchors,
+            cfg.rpn,
+            stride=self.backbone.stride,
+        )
+        self.roi_head = DetectorHead(
+            self.backbone.top,
+            self.backbone.feature_channels,
+            self.backbone.top_channels,
+            self.backbone.pool_size,
+            cfg.num_classes,
+            spatial_scale=1.0 / self.backbone.stride,
+        )
+        if cfg.roi.normalize_targets:
+            # The config's stats until training computes the dataset's (``train_detector``).
+            self.roi_head.set_target_stats(cfg.roi.target_means, cfg.roi.target_stds)
+        else:
+            self.roi_head.set_target_stats((0.0, 0.0, 0.0, 0.0), (1.0, 1.0, 1.0, 1.0))
+        self._trainable: frozenset[str] = frozenset(self.GROUPS)
+        self.set_trainable(self.GROUPS)
+
+    # ------------------------------------------------------------------ groups
+    def group_modules(self) -> dict[str, nn.Module]:
+        """``{"shared", "rpn", "detector"}`` -> the module whose state dict is that group.
+
+        ``DetectorHead`` holds ``backbone.top`` as its ``top`` submodule, so the detector
+        group is the head itself and its keys are ``top.*`` plus the head's own layers and
+        target-statistics buffers, the same whatever the backbone.
+        """
+        return {"shared": self.backbone.shared, "rpn": self.rpn, "detector": self.roi_head}
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Every parameter of the model in exactly one group (``never_train`` ones under shared)."""
+        return {name: list(module.parameters()) for name, module in self.group_modules().items()}
+
+    def never_train_parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.backbone.never_train_parameters()]
+
+    @property
+    def trainable_groups(self) -> frozenset[str]:
+        return self._trainable
+
+    def set_trainable(self, groups: Iterable[str]) -> None:
+        """Train exactly ``groups``; freeze the rest (and ``never_train`` always).
+
+        Frozen groups are also kept in eval mode (see ``train``) so that a frozen
+        detector's dropout or a frozen trunk's drop-connect does not act on them.
+        """
+        wanted = frozenset(groups)
+        unknown = wanted - set(self.GROUPS)
+        if unknown:
+            raise ValueError(f"unknown parameter group(s) {sorted(unknown)}; groups are {self.GROUPS}")
+        self._trainable = wanted
+        for name, module in self.group_modules().items():
+            for p in module.parameters():
+                p.requires_grad_(name in wanted)
+        for p in self.never_train_parameters():
+            p.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "FasterRCNN":
+        """``nn.Module.train`` that leaves frozen groups in eval mode."""
+        super().train(mode)
+        if mode:
+            for name, module in self.group_modules().items():
+                if name not in self._trainable:
+                    module.eval()
+        return self
+
+    # ----------------------------------------------------------------- forward
+    def features(self, image: Tensor) -> Tensor:
+        """Shared conv features ``[1, C, Hf, Wf]`` of one image ``[3, h, w]`` (RGB 0..255)."""
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected one image [3, h, w], got {tuple(image.shape)}")
+        return self.backbone.shared(self.backbone.normalize(image[None]))
+
+    def rpn_losses(
+        self, image: Tensor, gt_boxes: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """``{"rpn_cls", "rpn_reg"}`` for one image; ``gt_boxes`` ``[G, 4]`` in input pixels."""
+        features = self.features(image)
+        out = self.rpn(
+            features,
+            int(image.shape[1]),
+            int(image.shape[2]),
+            1.0,
+            _LOSS_ONLY_PROPOSALS,
+            gt_boxes=gt_boxes.to(features.device, features.dtype),
+            generator=generator,
+        )
+        return out.losses
+
+    def detector_terms(
+        self,
+        image: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        proposals: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """Head outputs and their targets for one image's sampled RoIs, or None when none sampled.
+
+        Returns ``(logits [R, K+1], deltas [R, 4(K+1)] normalised, labels [R],
+        targets [R, 4] normalised)``: what ``detector_loss`` takes, so that a batch of
+        several images can concatenate them and average the loss over all its RoIs as
+        the original does.
+        """
+        features = self.features(image)
+        device, dtype = features.device, features.dtype
+        sample = sample_rois(
+            proposals.to(device, dtype),
+            gt_boxes.to(device, dtype),
+            gt_labels.to(device),
+            self.cfg.roi,
+            generator,
+        )
+        if sample.is_empty:
+            return None
+        logits, deltas = self.roi_head(features, sample.rois)
+        targets = self.roi_head.normalize_targets(sample.targets)
+        return logits, deltas, sample.labels, targets
+
+    def detector_losses(
+        self,
+        image: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        proposals: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """``{"det_cls", "det_reg"}`` for one image, ``proposals`` ``[P, 4]`` in input pixels.
+
+        Empty dict when neither a foreground nor a background RoI could be sampled.
+        """
+        terms = self.detector_terms(image, gt_boxes, gt_labels, proposals, generator)
+        if terms is None:
+            return {}
+        return detector_loss(*terms, sigma=self.cfg.roi.sigma)
+
+    # --------------------------------------------------------------- inference
+    def propose(
+        self, image: Tensor, scale: float, proposal_cfg: ProposalConfig | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """RPN proposals ``[P, 4]`` in ORIGINAL-image pixels and scores ``[P]``, rank order.
+
+        ``proposal_cfg`` defaults to ``cfg.test_proposals``. Runs in eval mode, no grad.
+        """
+        cfg = proposal_cfg or self.cfg.test_proposals
+        with _evaluating(self):
+            features = self.features(image)
+            out = self.rpn(features, int(image.shape[1]), int(image.shape[2]), scale, cfg)
+        return out.proposals / scale, out.scores
+
+    def detect(self, image: Tensor, scale: float, proposals: Tensor | None = None) -> Detections:
+        """Detections of one image in original-image pixels.
+
+        ``proposals`` ``[P, 4]`` in original-image pixels replace the RPN's (selective
+        search, random or cached boxes for the ablations); None uses the model's own RPN
+        with ``cfg.test_proposals``. Runs in eval mode, no grad.
+        """
+        height, width = int(image.shape[1]), int(image.shape[2])
+        with _evaluating(self):
+            features = self.features(image)
+            if proposals is None:
+                rois = self.rpn(features, height, width, scale, self.cfg.test_proposals).proposals
+            else:
+                if proposals.dim() != 2 or proposals.shape[1] != 4:
+                    raise ValueError(f"proposals must be [P, 4], got {tuple(proposals.shape)}")
+                rois = proposals.to(features.device, features.dtype) * scale
+            if rois.shape[0] == 0:
+                return Detections.empty()
+            logits, deltas = self.roi_head(features, rois)
+            probs = F.softmax(logits, dim=1)
+            deltas = self.roi_head.unnormalize_deltas(deltas)
+            return postprocess_detections(rois, probs, deltas, height, width, scale, self.cfg.test)
+
+
+class _evaluating:
+    """Context: eval mode and no grad, restoring the previous mode (and frozen groups) after."""
+
+    def __init__(self, model: FasterRCNN) -> None:
+        self.model = model
+        self.was_training = model.training
+        self.no_grad = torch.no_grad()
+
+    def __enter__(self) -> None:
+        self.was_training = self.model.training
+        self.model.eval()
+        self.no_grad.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.no_grad.__exit__(*exc)
+        self.model.train(self.was_training)

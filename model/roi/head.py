@@ -1,0 +1,94 @@
+"""The Fast R-CNN detector: RoIPool -> backbone top -> class scores and class-specific box deltas.
+
+Shapes: R RoIs, C feature channels, D = top output width, p = pool size, K foreground
+classes (the classifier has K + 1 outputs, 0 = background).
+
+Box deltas are predicted in normalised target space, ``(t - mean) / std`` with the
+dataset's box-target statistics (or the end-to-end defaults mean 0, std
+(0.1, 0.1, 0.2, 0.2)). py-faster-rcnn folds the statistics into ``bbox_pred``'s weights
+when it saves a snapshot; here they live in the buffers ``target_means`` /
+``target_stds`` of the state dict instead, and ``unnormalize_deltas`` applies them at
+inference: the same function, and the weights stay what the optimiser trained.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import roi_pool
+
+from model.config import RoIConfig
+
+
+class DetectorHead(nn.Module):
+    """Fast R-CNN head over one image's feature map.
+
+    ``top`` maps pooled features ``[R, C, p, p]`` to ``[R, D]`` (fc6/fc7 for ZF/VGG, the
+    late EfficientNet blocks for Lite). ``cls_score``: Linear(D, K+1), init N(0, 0.01);
+    ``bbox_pred``: Linear(D, 4(K+1)), init N(0, 0.001); biases 0.
+    """
+
+    def __init__(
+        self,
+        top: nn.Module,
+        feature_channels: int,
+        top_channels: int,
+        pool_size: int,
+        num_classes: int,
+        spatial_scale: float = 1.0 / 16,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes (foreground classes K) must be >= 1, got {num_classes}")
+        self.top = top
+        self.feature_channels = feature_channels
+        self.top_channels = top_channels
+        self.pool_size = pool_size
+        self.num_classes = num_classes
+        self.spatial_scale = spatial_scale
+        self.cls_score = nn.Linear(top_channels, num_classes + 1)
+        self.bbox_pred = nn.Linear(top_channels, 4 * (num_classes + 1))
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+        defaults = RoIConfig()
+        self.register_buffer("target_means", torch.tensor(defaults.target_means, dtype=torch.float32))
+        self.register_buffer("target_stds", torch.tensor(defaults.target_stds, dtype=torch.float32))
+
+    def set_target_stats(self, means: Sequence[float] | Tensor, stds: Sequence[float] | Tensor) -> None:
+        """Use ``means`` / ``stds`` ``[4]`` (dx, dy, dw, dh) to normalise targets from now on."""
+        means_t = torch.as_tensor(means, dtype=torch.float32).reshape(-1)
+        stds_t = torch.as_tensor(stds, dtype=torch.float32).reshape(-1)
+        if means_t.shape != (4,) or stds_t.shape != (4,):
+            raise ValueError(f"target means and stds must have 4 values, got {tuple(means_t.shape)} and {tuple(stds_t.shape)}")
+        if not bool(torch.isfinite(means_t).all()) or not bool((stds_t > 0).all()) or not bool(torch.isfinite(stds_t).all()):
+            raise ValueError(f"target stats must be finite with positive stds, got means {means_t.tolist()}, stds {stds_t.tolist()}")
+        self.target_means.copy_(means_t)
+        self.target_stds.copy_(stds_t)
+
+    def normalize_targets(self, targets: Tensor) -> Tensor:
+        """Raw box targets ``[R, 4]`` -> the space ``bbox_pred`` regresses in, ``[R, 4]``."""
+        return (targets - self.target_means) / self.target_stds
+
+    def unnormalize_deltas(self, deltas: Tensor) -> Tensor:
+        """Predicted deltas ``[R, 4(K+1)]`` -> raw deltas for ``decode_boxes``, ``[R, 4(K+1)]``."""
+        per_class = deltas.reshape(deltas.shape[0], -1, 4)
+        return (per_class * self.target_stds + self.target_means).reshape(deltas.shape)
+
+    def pool(self, features: Tensor, rois: Tensor) -> Tensor:
+        """RoIPool (Caffe semantics: rounded corners, inclusive extent) -> ``[R, C, p, p]``."""
+        if features.dim() != 4 or features.shape[0] != 1:
+            raise ValueError(f"features must be one image's map [1, C, Hf, Wf], got {tuple(features.shape)}")
+        if features.shape[1] != self.feature_channels:
+            raise ValueError(f"features have {features.shape[1]} channels, the head expects {self.feature_channels}")
+        if rois.dim() != 2 or rois.shape[1] != 4:
+            raise ValueError(f"rois must be [R, 4], got {tuple(rois.shape)}")
+        return roi_pool(features, [rois.to(features.dtype)], self.pool_size, self.spatial_scale)
+
+    def forward(self, features: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
+        """``features`` ``[1, C, Hf, Wf]``, ``rois`` ``[R, 4]`` in input pixels ->
+        class logits ``[R, K+1]`` and normalised box deltas ``[R, 4(K+1)]``."""
+        x = self.top(self.pool(features, rois))
+        return self.cls_score(x), self.bbox_pred(x)

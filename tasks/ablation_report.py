@@ -1,0 +1,253 @@
+"""The ablation report: our mAP per ablation row beside the paper's, and whether the changes agree.
+
+For each row of ``model.ablations.ABLATION_ROWS`` the table gives the paper's mAP, the
+paper's change against that row's baseline (``paper_baseline_key``: "shared" for unshared,
+"unshared" for "SS train, RPN test" and the one-stage system, "SS train, RPN test" for the
+rows from top-100 to stronger RPN), our mAP, our change against the same baseline row of
+ours, and whether the two changes have the same sign.
+
+Sign rule: ``sign`` is -1, 0 or +1, and the signs agree when they are equal; so a change of
+exactly 0 agrees only with a change of exactly 0 (a tie is neither a gain nor a loss). No
+tolerance is applied: the paper's numbers are given to 0.1 and ours are unrounded floats.
+``signs agree`` is pandas' nullable boolean: NA when either change is missing (a row or its
+baseline was not run, or the row is the study's baseline and has no change).
+
+The builder functions are plain; ``build_report_task`` is the Prefect wrapper; MLflow is
+imported only inside ``log_report_to_mlflow``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import task
+
+from model.ablations import ABLATION_ROWS, AblationRow, check_rows
+
+COLUMNS = ("row", "what changes", "paper mAP", "paper change", "our mAP (%)", "our change", "signs agree")
+UNITS = ("auto", "fraction", "percent")
+REPORT_FILES = {"markdown": "ablations.md", "csv": "ablations.csv", "png": "ablations.png"}
+
+
+def to_percent(ours: Mapping[str, float], unit: str = "auto") -> dict[str, float]:
+    """Our mAPs in percent. ``unit``: "fraction" (0..1), "percent", or "auto".
+
+    "auto" reads the values as fractions when every finite one is <= 1, else as percent.
+    It guesses wrong for a model whose every mAP is below 1 %, which a short CPU run can
+    give: pipelines should say which unit they pass.
+    """
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+    values: dict[str, float] = {}
+    for key, value in ours.items():
+        number = float(value)
+        if not math.isnan(number) and not 0.0 <= number <= 100.0:
+            raise ValueError(f"mAP of row {key!r} is {number}, outside 0..100")
+        values[key] = number
+    finite = [v for v in values.values() if not math.isnan(v)]
+    if unit == "auto":
+        unit = "fraction" if all(v <= 1.0 for v in finite) else "percent"
+    if unit == "fraction":
+        above = {k: v for k, v in values.items() if v > 1.0}
+        if above:
+            raise ValueError(f"unit 'fraction' but mAP above 1 for rows {sorted(above)}")
+        return {k: v * 100.0 for k, v in values.items()}
+    return values
+
+
+def sign(value: float) -> int:
+    """-1, 0 or +1."""
+    return (value > 0) - (value < 0)
+
+
+def signs_agree(paper_change: float, our_change: float) -> bool | None:
+    """True when both changes have the same sign (0 agrees only with 0); None if either is NaN."""
+    if math.isnan(paper_change) or math.isnan(our_change):
+        return None
+    return sign(paper_change) == sign(our_change)
+
+
+def build_ablation_table(
+    ours: Mapping[str, float],
+    rows: Sequence[AblationRow] = ABLATION_ROWS,
+    unit: str = "auto",
+) -> pd.DataFrame:
+    """One line per row of ``rows`` (index: the row key), columns ``COLUMNS``.
+
+    ``ours`` maps row keys to our mAP (see ``to_percent`` for ``unit``); rows missing from it
+    get NaN, and so do changes whose row or baseline is missing. Keys of ``ours`` that are
+    not rows are an error (a typo would otherwise drop a result silently).
+    """
+    check_rows(rows)
+    keys = [row.key for row in rows]
+    unknown = sorted(set(ours) - set(keys))
+    if unknown:
+        raise ValueError(f"results for unknown ablation rows {unknown}; rows are {keys}")
+    ours_pct = to_percent(ours, unit)
+    paper = {row.key: float(row.paper_map) for row in rows}
+
+    lines = []
+    for row in rows:
+        base = row.paper_baseline_key
+        paper_change = paper[row.key] - paper[base] if base else math.nan
+        our_map = ours_pct.get(row.key, math.nan)
+        our_change = our_map - ours_pct.get(base, math.nan) if base else math.nan
+        agree = signs_agree(paper_change, our_change)
+        lines.append(
+            {
+                "row": row.label,
+                "what changes": row.description,
+                "paper mAP": paper[row.key],
+                "paper change": paper_change,
+                "our mAP (%)": our_map,
+                "our change": our_change,
+                "signs agree": pd.NA if agree is None else agree,
+            }
+        )
+    table = pd.DataFrame(lines, index=pd.Index(keys, name="key"), columns=list(COLUMNS))
+    for column in ("paper mAP", "paper change", "our mAP (%)", "our change"):
+        table[column] = table[column].astype("float64")
+    table["signs agree"] = table["signs agree"].astype("boolean")
+    return table
+
+
+def _fmt(value: object, signed: bool = False) -> str:
+    if value is pd.NA or value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (float, np.floating)):
+        text = f"{float(value):+.1f}" if signed else f"{float(value):.1f}"
+        return "0.0" if text in ("+0.0", "-0.0") else text
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub Markdown table of ``table`` (written here: ``tabulate`` is not a dependency)."""
+    signed = {"paper change", "our change"}
+    header = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "|".join("---" if c in ("row", "what changes") else "---:" for c in table.columns) + "|"
+    body = [
+        "| " + " | ".join(_fmt(line[c], signed=c in signed) for c in table.columns) + " |"
+        for _, line in table.iterrows()
+    ]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _plot(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(table["row"])
+    positions = np.arange(len(labels))
+    width = 0.4
+    paper = table["paper mAP"].to_numpy(dtype=float)
+    ours = table["our mAP (%)"].to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 2.0), 4.5))
+    try:
+        ax.bar(positions - width / 2, paper, width, label="paper (ZF, VOC07)", color="#8c8c8c")
+        ax.bar(positions + width / 2, np.nan_to_num(ours, nan=0.0), width, label="ours", color="#1f77b4")
+        for x, value in zip(positions, ours):
+            if np.isnan(value):
+                ax.text(x + width / 2, 1.0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
+        ax.set_xticks(positions)
+        ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
+        ax.set_ylabel("mAP (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title("Ablations: paper vs ours")
+        ax.legend(loc="upper right", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def write_report(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``ablations.md``, ``ablations.csv`` and ``ablations.png`` into ``out_dir``,
+    each atomically; returns ``{"markdown", "csv", "png"}`` -> path."""
+    out = Path(out_dir)
+    paths = {kind: out / name for kind, name in REPORT_FILES.items()}
+    markdown = "# Ablations (paper: ZF net, PASCAL VOC 2007 test)\n\n" + to_markdown(table)
+    markdown += (
+        "\nChanges are against each row's baseline row (see `model/ablations.py`); "
+        "signs agree when both changes have the same sign, 0 agreeing only with 0.\n"
+    )
+    _atomic_write(paths["markdown"], lambda p: p.write_text(markdown, encoding="utf-8"))
+    _atomic_write(paths["csv"], lambda p: table.to_csv(p, index=True))
+    _atomic_write(paths["png"], lambda p: _plot(table, p))
+    return paths
+
+
+def read_report_csv(path: str | Path) -> pd.DataFrame:
+    """Read back ``ablations.csv`` with the dtypes ``build_ablation_table`` gives."""
+    table = pd.read_csv(path, index_col="key")
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: not an ablation report, columns {missing} missing")
+    table["signs agree"] = table["signs agree"].astype("boolean")
+    return table
+
+
+def log_report_to_mlflow(table: pd.DataFrame, paths: Mapping[str, Path], artifact_path: str = "ablations") -> None:
+    """Log our mAP and change per row as metrics and the report files as artifacts, into
+    the active MLflow run (one is started if none is active; the caller sets the URI)."""
+    import mlflow
+
+    metrics: dict[str, float] = {}
+    for key, line in table.iterrows():
+        for column, name in (("our mAP (%)", "map"), ("our change", "change")):
+            value = float(line[column])
+            if not math.isnan(value):
+                metrics[f"ablation_{key}_{name}"] = value
+    agree = table["signs agree"].dropna()
+    if len(agree):
+        metrics["ablation_signs_agree_fraction"] = float(agree.astype(bool).mean())
+
+    def _log() -> None:
+        if metrics:
+            mlflow.log_metrics(metrics)
+        for path in paths.values():
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    if mlflow.active_run() is None:
+        with mlflow.start_run(run_name="ablation_report"):
+            _log()
+    else:
+        _log()
+
+
+@task(name="ablation-report")
+def build_report_task(
+    ours: Mapping[str, float],
+    out_dir: str,
+    unit: str = "auto",
+    log_to_mlflow: bool = False,
+) -> dict[str, str]:
+    """Prefect task: build the table from ``ours`` (row key -> mAP), write the report into
+    ``out_dir``, optionally log it to MLflow; returns the written paths as strings."""
+    table = build_ablation_table(ours, unit=unit)
+    paths = write_report(table, out_dir)
+    if log_to_mlflow:
+        log_report_to_mlflow(table, paths)
+    return {kind: str(path) for kind, path in paths.items()}

@@ -1,0 +1,57 @@
+"""Stage ``assemble``: the paper's final, shared model from two checkpoints.
+
+shared convs + RPN from step 3, detector from step 4 (``model.checkpoint.assemble_model``;
+step 4 kept the shared convs frozen at step 3's values, so both files hold the same
+ones). The test-time settings (``model.test_proposals``, ``model.test``) and the input
+size come from params, so the file is ready for ``python -m model.detect``. The model
+is also logged to MLflow with ``mlflow.pytorch.log_model``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from model.checkpoint import assemble_model, read_checkpoint, save_checkpoint
+from tasks import layout
+from tasks.atomic import write_json
+from tasks.params import get, with_settings
+
+PARAMS = ("data.input", "model.test_proposals", "model.test")
+
+
+def assemble(params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    model = assemble_model(layout.checkpoint("step3_rpn"), layout.checkpoint("step4_fast_rcnn"))
+    model.cfg = with_settings(model.cfg, params)
+    # Sanity: the shared convs of step 4 must equal step 3's (step 4 never trained them).
+    step4 = read_checkpoint(layout.checkpoint("step4_fast_rcnn"))
+    drift = max(
+        (float((v - step4["groups"]["shared"][k]).abs().max()) for k, v in model.backbone.shared.state_dict().items()
+         if v.is_floating_point()),
+        default=0.0,
+    )
+    save_checkpoint(
+        layout.checkpoint("final"),
+        model,
+        extra={"stage": "assemble", "shared_rpn_from": "step3_rpn", "detector_from": "step4_fast_rcnn"},
+    )
+    metrics = {
+        "shared_conv_drift_step3_vs_step4": drift,
+        "parameters": {name: sum(p.numel() for p in ps) for name, ps in model.parameter_groups().items()},
+    }
+    write_json(layout.metrics("assemble"), metrics)
+    return model, metrics
+
+
+@task(name="assemble", cache_policy=NO_CACHE)
+def assemble_task(params: dict[str, Any]) -> dict[str, Any]:
+    from tasks.tracking import stage_run
+
+    with stage_run("assemble", get(params, "tracking.experiment"), params) as run:
+        model, metrics = assemble(params)
+        run.log_metrics(metrics)
+        run.log_artifact(layout.metrics("assemble"), "metrics")
+        run.log_pytorch_model(model.eval(), name="faster_rcnn")
+    return metrics

@@ -1,0 +1,97 @@
+"""Atomic file output: write beside the target, then rename over it.
+
+A stage that is killed part-way must never leave a file that a later stage (or a
+re-run of DVC) could take as complete. Every output of the pipeline goes through
+these helpers: the content lands in a temporary file in the target's folder (same
+filesystem, so ``os.replace`` is atomic), is flushed to disk, and only then takes
+the target's name. A crash leaves at most a ``.<name>.*.tmp`` file, which no stage
+reads.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success rename it to ``target``.
+
+    The caller writes the temporary path however it likes (``torch.save``,
+    ``savefig``, ...). On an exception the temporary file is removed and ``target``
+    is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(target: Path | str, data: bytes) -> Path:
+    """Write ``data`` to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def write_text(target: Path | str, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``target`` atomically."""
+    return write_bytes(target, text.encode("utf-8"))
+
+
+def write_json(target: Path | str, obj: Any) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON (stable bytes, so DVC hashes are stable)."""
+    return write_text(target, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def copy_file(source: Path | str, target: Path | str) -> Path:
+    """Copy ``source`` to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+    return Path(target)
+
+
+def publish_directory(target: Path | str, fill: Callable[[Path], None]) -> Path:
+    """Build a directory with ``fill(staging_dir)`` and rename it to ``target``.
+
+    An existing ``target`` is replaced only after the new content is complete. The
+    swap is two renames (old out of the way, new in); a crash between them leaves
+    no ``target`` at all, which is safe: the stage simply has to run again.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        os.chmod(staging, 0o755)
+        fill(staging)
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            retired.rmdir()
+            os.replace(target, retired)
+            os.replace(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())

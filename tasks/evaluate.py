@@ -1,0 +1,113 @@
+"""Detector evaluation for the Fast R-CNN steps and the ``evaluate`` stage.
+
+``evaluate`` scores the paper's two rows on the test split:
+
+- ``shared``: the final model (shared convs + step-3 RPN + step-4 detector) end to end,
+  its own RPN giving ``test_proposals`` (6000 -> NMS -> 300) per image;
+- ``unshared``: step 1's RPN (test settings, run afresh) feeding step 2's detector,
+  two networks that share no layers (the paper's "unshared" row, table 2 / 5).
+
+Metrics: VOC07 mAP and per-class AP (devkit rules, ``model.evaluation.voc_ap``) and COCO
+AP (pycocotools). The devkit results files of both rows are kept as outputs.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from torch import Tensor
+
+from model.data.records import DetectionDataset
+from model.detections import Detections
+from model.evaluation import evaluate_voc, write_voc_results
+from model.faster_rcnn import FasterRCNN
+from model.inference import detect_dataset, propose_dataset
+from tasks import layout, plots
+from tasks.atomic import publish_directory, write_json
+from tasks.data import load_split, read_manifest
+from tasks.params import get
+from tasks.weights import device, load_model
+
+PARAMS = (
+    "data.input",
+    "model.test_proposals",
+    "model.test",
+    "evaluate.metric",
+)
+
+
+def score_detections(
+    dataset: DetectionDataset, detections: Mapping[str, Detections], metric: str
+) -> tuple[dict[str, Any], Any]:
+    """``({"mAP", "ap": {class: AP}, "coco": {...}}, VOCResult)``."""
+    from model.evaluation.coco_eval import evaluate_coco
+
+    voc = evaluate_voc(dataset, detections, metric=metric)
+    result = voc.to_json_dict()
+    result["coco"] = evaluate_coco(dataset, detections)
+    return result, voc
+
+
+def evaluate_detector(
+    model: FasterRCNN,
+    dataset: DetectionDataset,
+    metric: str,
+    proposals: Mapping[str, Tensor] | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], Any, dict[str, Detections]]:
+    """Detect on ``dataset`` (own RPN, or the given proposals) and score; returns metrics, VOCResult, detections."""
+    detections = detect_dataset(model, dataset, proposals=proposals, progress=progress)
+    metrics, voc = score_detections(dataset, detections, metric)
+    return metrics, voc, detections
+
+
+def evaluate_rows(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Both rows on the test split; writes results files, metrics JSON and PR plots."""
+    manifest = read_manifest()
+    test = load_split("test", manifest)
+    metric = str(get(params, "evaluate.metric"))
+    on = device()
+
+    final = load_model(layout.checkpoint("final"), params, on)
+    shared, shared_voc, shared_dets = evaluate_detector(final, test, metric)
+    del final
+
+    rpn1 = load_model(layout.checkpoint("step1_rpn"), params, on)
+    step1_proposals = propose_dataset(rpn1, test, rpn1.cfg.test_proposals)
+    del rpn1
+    detector2 = load_model(layout.checkpoint("step2_fast_rcnn"), params, on)
+    unshared, unshared_voc, unshared_dets = evaluate_detector(
+        detector2, test, metric, proposals={k: boxes for k, (boxes, _) in step1_proposals.items()}
+    )
+
+    image_set = manifest["splits"]["test"]["name"]
+    classes = list(manifest["classes"])
+    for row, dets in (("shared", shared_dets), ("unshared", unshared_dets)):
+        publish_directory(layout.results_dir(row), lambda d, dets=dets: write_voc_results(dets, classes, d, image_set))
+    plots.pr_curves(shared_voc.curves, layout.plot("evaluate", "pr_shared"), f"Final model (shared), {metric} mAP {shared_voc.mAP:.3f}")
+    plots.pr_curves(unshared_voc.curves, layout.plot("evaluate", "pr_unshared"), f"Unshared (step-1 RPN + step-2 detector), mAP {unshared_voc.mAP:.3f}")
+    metrics = {
+        "mAP": shared["mAP"],
+        "unshared_mAP": unshared["mAP"],
+        "shared": shared,
+        "unshared": unshared,
+        "test_images": len(test.records),
+    }
+    write_json(layout.metrics("evaluate"), metrics)
+    return metrics
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(params: dict[str, Any]) -> dict[str, Any]:
+    from tasks.tracking import stage_run
+
+    with stage_run("evaluate", get(params, "tracking.experiment"), params) as run:
+        metrics = evaluate_rows(params)
+        run.log_metrics(metrics)
+        run.log_artifact(layout.metrics("evaluate"), "metrics")
+        for row in ("shared", "unshared"):
+            run.log_artifact(layout.plot("evaluate", f"pr_{row}"), "plots")
+            run.log_artifact(layout.results_dir(row), f"results/{row}")
+    return metrics

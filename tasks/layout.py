@@ -1,0 +1,75 @@
+"""Where every stage reads and writes: the one place that names the pipeline's files.
+
+dvc.yaml lists the same paths (tests/test_pipeline_config.py checks they agree).
+Paths are relative to the repository root, the folder DVC runs every stage in.
+
+``outputs/.resume`` holds the in-progress checkpoints of the training stages. It is
+deliberately not a DVC output: DVC deletes a stage's declared outputs before running
+it, which would throw away the progress of a killed run. See ``tasks.resume``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: The alternating-training stages in pipeline order (dvc.yaml's order).
+STAGES: tuple[str, ...] = (
+    "prepare_data",
+    "init_weights",
+    "step1_rpn",
+    "step1_proposals",
+    "step2_fast_rcnn",
+    "step3_rpn",
+    "step3_proposals",
+    "step4_fast_rcnn",
+    "assemble",
+    "evaluate",
+)
+
+PREPARED = Path("data/prepared")
+MANIFEST = PREPARED / "manifest.json"
+CLASSES = PREPARED / "classes.json"
+SYNTHETIC_ROOT = PREPARED / "synthetic"
+OUTPUTS = Path("outputs")
+RESUME = OUTPUTS / ".resume"
+METRICS = Path("metrics")
+PLOTS = Path("plots")
+
+
+def repo_root() -> Path:
+    """The checkout this code runs from (its parent folder of ``tasks/``)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def tracking_root() -> Path:
+    """Where the default MLflow store lives: the DVC repo that started the run.
+
+    ``dvc exp run --temp`` and queued experiments run in a temporary copy but set
+    ``DVC_ROOT`` to the original repository, so their runs land in its store.
+    """
+    return Path(os.environ.get("DVC_ROOT") or repo_root()).resolve()
+
+
+def checkpoint(stage: str) -> Path:
+    """The finished checkpoint of a stage that produces a model."""
+    return OUTPUTS / stage / "model.pt"
+
+
+def proposals(stage: str, split_role: str) -> Path:
+    """Proposal cache of a proposal stage; ``split_role`` is ``"train"`` or ``"test"``."""
+    if split_role not in ("train", "test"):
+        raise ValueError(f"split_role must be 'train' or 'test', got {split_role!r}")
+    return OUTPUTS / stage / f"{split_role}.pt"
+
+
+def metrics(stage: str) -> Path:
+    return METRICS / f"{stage}.json"
+
+
+def plot(stage: str, name: str) -> Path:
+    return PLOTS / stage / f"{name}.png"
+
+
+def results_dir(row: str) -> Path:
+    """VOC devkit results files of the evaluate stage (``row``: ``"shared"`` / ``"unshared"``)."""
+    return OUTPUTS / "evaluate" / row

@@ -1,0 +1,117 @@
+"""Stages ``step1_proposals`` / ``step3_proposals``: cache an RPN step's proposals once.
+
+Proposals of every train and test image are computed with ``model.cache_proposals``
+(all anchors -> NMS 0.7 -> top 2000, py-faster-rcnn's ``rpn_generate`` settings),
+stored by descending score in original-image pixels with the fingerprint of what made
+them (``model.proposal_cache``). The Fast R-CNN step that follows trains on the train
+cache and evaluates on the test cache; it refuses a cache whose fingerprint differs
+from the one its own inputs give.
+
+Metrics (the RPN step's): proposal recall on the test split at IoU 0.5 and 0.7 for the
+top 300 / 1000 / 2000 proposals, average recall (IoU 0.5:0.95), and a recall-vs-IoU plot
+(the paper's figure 4).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from model.evaluation import proposal_recall
+from model.evaluation.recall import DEFAULT_IOU_THRESHOLDS
+from model.inference import propose_dataset
+from model.proposal_cache import ProposalCache, fingerprint_for, load_proposal_cache, save_proposal_cache
+from tasks import layout, plots
+from tasks.atomic import write_json
+from tasks.data import load_split, read_manifest
+from tasks.params import get, input_size
+from tasks.weights import load_model
+
+PARAMS = (
+    "data.input",
+    "model.cache_proposals",
+    "evaluate.recall_top_ns",
+    "evaluate.recall_ious",
+)
+#: proposal stage -> the RPN stage whose checkpoint makes the proposals.
+RPN_OF = {"step1_proposals": "step1_rpn", "step3_proposals": "step3_rpn"}
+
+
+def expected_fingerprint(rpn_stage: str, params: Mapping[str, Any], image_ids: list[str]) -> dict[str, Any]:
+    """The fingerprint a cache of ``rpn_stage``'s proposals must carry under these params."""
+    return fingerprint_for(
+        layout.checkpoint(rpn_stage),
+        dict(get(params, "model.cache_proposals")),
+        image_ids,
+        input=input_size(params),
+    )
+
+
+def load_cache(proposal_stage: str, role: str, params: Mapping[str, Any], image_ids: list[str]) -> ProposalCache:
+    """Load a cache, refusing it unless it was made by this RPN checkpoint, settings and images."""
+    rpn_stage = RPN_OF[proposal_stage]
+    return load_proposal_cache(
+        layout.proposals(proposal_stage, role),
+        expected_fingerprint=expected_fingerprint(rpn_stage, params, image_ids),
+    )
+
+
+def recall_metrics(result: Any, ious: list[float]) -> dict[str, Any]:
+    """``{"recall": {"300": {"0.5": r, "0.7": r}, ...}, "average_recall": {"300": ar, ...}}``."""
+    table = {}
+    for i, n in enumerate(result.top_ns):
+        row = {}
+        for iou in ious:
+            j = min(range(len(result.iou_thresholds)), key=lambda k: abs(result.iou_thresholds[k] - iou))
+            if abs(result.iou_thresholds[j] - iou) > 1e-9:
+                raise ValueError(f"recall at IoU {iou} not computed (thresholds {result.iou_thresholds})")
+            row[f"{iou:g}"] = float(result.recall[i, j])
+        table[str(n)] = row
+    return {
+        "recall": table,
+        "average_recall": {str(n): float(v) for n, v in result.average_recall.items()},
+        "num_gt": result.num_gt,
+    }
+
+
+def cache_proposals(stage: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    rpn_stage = RPN_OF[stage]
+    manifest = read_manifest()
+    model = load_model(layout.checkpoint(rpn_stage), params)
+    cfg = model.cfg.cache_proposals
+    ious = [float(x) for x in get(params, "evaluate.recall_ious")]
+    thresholds = sorted(set(DEFAULT_IOU_THRESHOLDS) | set(ious))
+    metrics: dict[str, Any] = {}
+    for role in ("train", "test"):
+        dataset = load_split(role, manifest)
+        ids = [r.image_id for r in dataset.records]
+        proposals = propose_dataset(model, dataset, cfg)
+        save_proposal_cache(layout.proposals(stage, role), proposals, expected_fingerprint(rpn_stage, params, ids))
+        counts = [int(boxes.shape[0]) for boxes, _ in proposals.values()]
+        metrics[f"{role}_mean_proposals"] = sum(counts) / max(1, len(counts))
+        if role == "test":
+            cache = load_cache(stage, role, params, ids)
+            top_ns = [int(n) for n in get(params, "evaluate.recall_top_ns")]
+            result = proposal_recall(dataset, cache.boxes(), top_ns=top_ns, iou_thresholds=thresholds)
+            metrics.update(recall_metrics(result, ious))
+            plots.recall_vs_iou(
+                result.top_ns, result.iou_thresholds, result.recall, layout.plot(stage, "recall_vs_iou"),
+                f"{rpn_stage} proposals on the test split",
+            )
+    write_json(layout.metrics(stage), metrics)
+    return metrics
+
+
+@task(name="cache_proposals", cache_policy=NO_CACHE)
+def cache_proposals_task(stage: str, params: dict[str, Any]) -> dict[str, Any]:
+    from tasks.tracking import stage_run
+
+    step = 1 if stage.startswith("step1") else 3
+    with stage_run(stage, get(params, "tracking.experiment"), params, step=step) as run:
+        metrics = cache_proposals(stage, params)
+        run.log_metrics(metrics)
+        run.log_artifact(layout.metrics(stage), "metrics")
+        run.log_artifact(layout.plot(stage, "recall_vs_iou"), "plots")
+    return metrics

@@ -1,0 +1,261 @@
+"""MLflow helpers: one run per stage, tagged with the pipeline execution it belongs to.
+
+Store: ``MLFLOW_TRACKING_URI`` when set (a tracking server, another database), else
+``sqlite:///<repo>/mlflow.db`` with artifacts in ``<repo>/mlartifacts``. The path is
+absolute and taken from ``DVC_ROOT`` when DVC sets it, so experiments that run in a
+temporary copy (``dvc exp run --temp``, the queue) log into the repository's store.
+MLflow 3 refuses the old ``./mlruns`` file store, hence SQLite.
+
+Every run carries the tags ``pipeline_run_id`` (see ``pipeline_run_id``), ``stage``
+and ``step`` (1-4 for the alternating steps), so the UI can filter one execution of
+the pipeline (``tags.pipeline_run_id = '...'``) and compare steps across executions.
+
+``mlflow`` is imported lazily: importing this module stays cheap.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from tasks import layout
+from tasks.params import flatten
+
+PIPELINE_RUN_ENV = "FRCNN_PIPELINE_RUN_ID"
+DB_NAME = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+# MLflow refuses longer param values.
+_MAX_PARAM_CHARS = 6000
+_BATCH = 200
+
+
+def tracking_uri() -> str:
+    explicit = os.environ.get("MLFLOW_TRACKING_URI")
+    if explicit:
+        return explicit
+    return f"sqlite:///{layout.tracking_root() / DB_NAME}"
+
+
+def _uses_default_store() -> bool:
+    return not os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root or layout.repo_root(), capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+def pipeline_run_id() -> str:
+    """The id shared by the runs of one pipeline execution.
+
+    1. ``FRCNN_PIPELINE_RUN_ID`` (the whole-pipeline Prefect flow sets it to its flow run id);
+    2. under ``dvc exp run``: ``exp-<experiment name>`` (DVC sets ``DVC_EXP_NAME`` for every
+       stage of one experiment);
+    3. otherwise (``dvc repro``, a stage run by hand): ``repro-`` + a digest of the git
+       commit and the bytes of params.yaml and dvc.yaml. Every stage of one ``dvc repro``
+       sees the same inputs and so the same id; a later repro after any parameter or
+       pipeline change gets a new one. (A forced re-run with identical inputs joins the
+       earlier id: same inputs, same pipeline state.)
+    """
+    explicit = os.environ.get(PIPELINE_RUN_ENV)
+    if explicit:
+        return explicit
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    if exp_name:
+        return f"exp-{exp_name}"
+    hasher = hashlib.sha256()
+    hasher.update((git_commit() or "no-commit").encode("utf-8"))
+    for name in ("params.yaml", "dvc.yaml"):
+        path = Path(name)
+        hasher.update(path.read_bytes() if path.is_file() else b"")
+    return f"repro-{hasher.hexdigest()[:12]}"
+
+
+def _experiment_id(mlflow: Any, name: str) -> str:
+    """Id of experiment ``name``, created with repo-local artifacts for the default store."""
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if _uses_default_store():
+        location = (layout.tracking_root() / ARTIFACTS_DIR).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created meanwhile by another process
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+class StageRun:
+    """The MLflow run of one stage (a thin layer over ``mlflow``'s fluent API)."""
+
+    def __init__(self, mlflow: Any, run: Any) -> None:
+        self._mlflow = mlflow
+        self.run = run
+        self.run_id: str = run.info.run_id
+        self._pending: list[Any] = []
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        flat = {k: _param_value(v) for k, v in flatten(params).items()}
+        existing = self._mlflow.MlflowClient().get_run(self.run_id).data.params
+        # A resumed run already has its params; MLflow refuses to change a logged value.
+        fresh = {k: v for k, v in flat.items() if k not in existing}
+        items = list(fresh.items())
+        for start in range(0, len(items), 90):
+            self._mlflow.log_params(dict(items[start : start + 90]))
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, prefix: str = "") -> None:
+        """Log every finite number of a (nested) mapping, keys joined with ``/``."""
+        flat = {}
+        for key, value in _flatten_metrics(metrics, prefix).items():
+            flat[key] = value
+        if flat:
+            self._mlflow.log_metrics(flat, step=step)
+
+    def log_loss(self, iteration: int, losses: Mapping[str, float]) -> None:
+        """Buffer one iteration's losses (``on_log`` callback of model.training); sent in batches."""
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000)
+        for key, value in losses.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self._pending.append(Metric(f"train/{key}", float(value), timestamp, int(iteration)))
+        if len(self._pending) >= _BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            client = self._mlflow.MlflowClient()
+            for start in range(0, len(self._pending), 1000):
+                client.log_batch(self.run_id, metrics=self._pending[start : start + 1000])
+            self._pending = []
+
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        if Path(path).is_dir():
+            self._mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+        else:
+            self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_pytorch_model(self, model: Any, name: str = "model") -> None:
+        """``mlflow.pytorch.log_model`` with the library's source and pinned requirements.
+
+        Passing the requirements skips MLflow's slow inference of them; ``code_paths``
+        ships ``model/`` so the logged model loads without this checkout.
+        """
+        import mlflow.pytorch
+        import torch
+        import torchvision
+
+        mlflow.pytorch.log_model(
+            model,
+            name=name,
+            code_paths=[str(layout.repo_root() / "model")],
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"torchvision=={torchvision.__version__.split('+')[0]}",
+                "numpy",
+                "pillow",
+                "opencv-contrib-python-headless",
+            ],
+        )
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= _MAX_PARAM_CHARS else text[: _MAX_PARAM_CHARS - 3] + "..."
+
+
+def _flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(_flatten_metrics(value, name))
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, (int, float)) and math.isfinite(float(value)):
+            flat[_metric_key(name)] = float(value)
+    return flat
+
+
+def _metric_key(name: str) -> str:
+    """MLflow keys allow alphanumerics and ``_ - . space : /``; anything else becomes ``_``."""
+    return "".join(ch if ch.isalnum() or ch in "_-. :/" else "_" for ch in name)
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    experiment: str,
+    params: Mapping[str, Any],
+    step: int | None = None,
+    resume_run_id: str | None = None,
+) -> Iterator[StageRun]:
+    """Start (or resume) the MLflow run of ``stage``; ends it FINISHED, or FAILED on an exception."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment_id = _experiment_id(mlflow, experiment)
+    tags = {
+        "pipeline_run_id": pipeline_run_id(),
+        "stage": stage,
+        "dvc_stage": os.environ.get("DVC_STAGE", ""),
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "git_commit": git_commit() or "",
+        "device": os.environ.get("FRCNN_DEVICE", "auto"),
+    }
+    if step is not None:
+        tags["step"] = str(step)
+    flow_run = _prefect_flow_run_id()
+    if flow_run:
+        tags["prefect_flow_run_id"] = flow_run
+    run = None
+    if resume_run_id:
+        with contextlib.suppress(Exception):
+            existing = mlflow.MlflowClient().get_run(resume_run_id)
+            if existing.info.experiment_id == experiment_id:
+                run = mlflow.start_run(run_id=resume_run_id)
+    if run is None:
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags)
+    else:
+        mlflow.set_tags({**tags, "resumed": "true"})
+    handle = StageRun(mlflow, run)
+    status = "FAILED"
+    try:
+        handle.log_params(params)
+        yield handle
+        handle.flush()
+        status = "FINISHED"
+    finally:
+        with contextlib.suppress(Exception):
+            handle.flush()
+        mlflow.end_run(status=status)
+
+
+def _prefect_flow_run_id() -> str | None:
+    """The id of the Prefect flow run this stage runs in, if any."""
+    try:
+        from prefect.context import FlowRunContext
+    except ImportError:
+        return None
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return None
+    return str(context.flow_run.id)

@@ -1,0 +1,143 @@
+"""Stage ``init_weights`` and how every later stage gets its starting network.
+
+``init_weights`` builds the network once: ImageNet weights for the backbone (the
+shared convs and the detector's top layers) and seeded N(0, 0.01) / N(0, 0.001)
+initialisations for the RPN and the classifier / box regressor. Steps 1 and 2 both
+start from this file (the paper's step 2 starts from ImageNet, not from step 1), and
+the layers that the original initialises afresh later come from it too:
+
+- step 3 takes step 2's network (shared convs trained in step 2, then frozen) with
+  the RPN layers reset to their initial values: py-faster-rcnn's stage-2 RPN is
+  initialised from the stage-1 Fast R-CNN model, which has no RPN layers, so they
+  start from their fillers.
+- step 4 takes step 3's network (shared convs and, through step 3, step 2's detector
+  top, i.e. fc6/fc7) with the classifier and box regressor reset to their initial
+  values: py-faster-rcnn's stage-2 RPN net carries fc6/fc7 as frozen "dummy layers so
+  that initial parameters are saved into the output net", but not cls_score /
+  bbox_pred, which the stage-2 Fast R-CNN therefore initialises from its fillers.
+
+A stage loads a checkpoint with ``load_model``: the architecture comes from the file,
+the non-architecture settings (RPN labelling, proposal counts, RoI sampling, input
+size, ...) from the stage's declared params.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from model.checkpoint import (
+    build_from_content,
+    checkpoint_config,
+    load_group_state,
+    read_checkpoint,
+    save_checkpoint,
+)
+from model.config import AnchorConfig, DetectorConfig, RPNConfig
+from model.faster_rcnn import FasterRCNN
+from tasks import layout
+from tasks.data import read_classes
+from tasks.params import dataclass_from, get, with_settings
+
+PARAMS = (
+    "model.backbone",
+    "model.pretrained",
+    "model.backbone_options",
+    "model.anchors",
+    "model.rpn.mid_channels",
+    "pipeline.init_seed",
+)
+# Detector-group keys that the original initialises afresh in step 4 (see the module docstring).
+PREDICTOR_PREFIXES = ("cls_score.", "bbox_pred.")
+
+
+def device() -> torch.device:
+    """``FRCNN_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``), else CUDA when available, else CPU.
+
+    Deliberately not a DVC param: the machine that runs a stage is not an input of it.
+    """
+    wanted = os.environ.get("FRCNN_DEVICE", "").strip()
+    if wanted and wanted != "auto":
+        return torch.device(wanted)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def initial_config(params: Mapping[str, Any], class_names: Sequence[str]) -> DetectorConfig:
+    """The architecture settings of ``init_weights``; everything else keeps its default."""
+    model = get(params, "model")
+    anchors = dataclass_from(AnchorConfig, model["anchors"], "model.anchors")
+    rpn = dataclasses.replace(RPNConfig(), mid_channels=model["rpn"]["mid_channels"])
+    return DetectorConfig(
+        class_names=tuple(class_names),
+        backbone=str(model["backbone"]),
+        pretrained=bool(model["pretrained"]),
+        anchors=anchors,
+        rpn=rpn,
+    )
+
+
+def build_initial(params: Mapping[str, Any], class_names: Sequence[str]) -> FasterRCNN:
+    """The network of ``init_weights``; fresh layers drawn from ``pipeline.init_seed``."""
+    cfg = initial_config(params, class_names)
+    options = dict(get(params, "model.backbone_options") or {})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(get(params, "pipeline.init_seed")))
+        return FasterRCNN(cfg, options)
+
+
+def load_model(path: Path | str, params: Mapping[str, Any], on: torch.device | str | None = None) -> FasterRCNN:
+    """A checkpoint's network with the stage's settings (``tasks.params.with_settings``)."""
+    content = read_checkpoint(path)
+    cfg = with_settings(checkpoint_config(content), params)
+    model = build_from_content({**content, "config": cfg.to_dict()}, path)
+    return model.to(on if on is not None else device())
+
+
+def reset_layers(model: FasterRCNN, source: Path | str, group: str, prefixes: Sequence[str] | None = None) -> list[str]:
+    """Put ``group``'s weights (only keys under ``prefixes`` when given) back to those in ``source``.
+
+    Returns the keys replaced. The checkpoint must be of the same architecture.
+    """
+    content = read_checkpoint(source)
+    state = content["groups"][group]
+    if prefixes is None:
+        load_group_state(model, group, state, source)
+        return sorted(state)
+    module = model.group_modules()[group]
+    own = module.state_dict()
+    chosen = {k: v for k, v in state.items() if k.startswith(tuple(prefixes))}
+    if not chosen:
+        raise KeyError(f"{source}: group {group!r} has no keys under {list(prefixes)}")
+    merged = {**own, **{k: v.to(own[k].device) for k, v in chosen.items()}}
+    load_group_state(model, group, merged, source)
+    return sorted(chosen)
+
+
+def initialise(params: Mapping[str, Any]) -> dict[str, Any]:
+    classes = read_classes()
+    model = build_initial(params, classes)
+    counts = {name: sum(p.numel() for p in ps) for name, ps in model.parameter_groups().items()}
+    save_checkpoint(
+        layout.checkpoint("init_weights"),
+        model,
+        extra={"stage": "init_weights", "init_seed": int(get(params, "pipeline.init_seed"))},
+    )
+    return {"classes": len(classes), "parameters": counts}
+
+
+@task(name="init_weights", cache_policy=NO_CACHE)
+def init_weights_task(params: dict[str, Any]) -> dict[str, Any]:
+    from tasks.atomic import write_json
+    from tasks.tracking import stage_run
+
+    with stage_run("init_weights", get(params, "tracking.experiment"), params) as run:
+        metrics = initialise(params)
+        write_json(layout.metrics("init_weights"), metrics)
+        run.log_metrics(metrics)
+    return metrics
