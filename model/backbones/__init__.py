@@ -13,6 +13,7 @@ Options: ``zf``: ``fc_width`` (int, default 4096). ``efficientnet_lite*``: ``poo
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from model.backbones.base import (
@@ -28,8 +29,8 @@ from model.backbones.zf import build_zf
 _BUILDERS: dict[str, Callable[..., Backbone]] = {
     "zf": build_zf,
     "vgg16": build_vgg16,
-    "efficientnet_lite0": lambda pretrained, **options: build_efficientnet_lite("efficientnet_lite0", pretrained, **options),
-    "efficientnet_lite2": lambda pretrained, **options: build_efficientnet_lite("efficientnet_lite2", pretrained, **options),
+    "efficientnet_lite0": partial(build_efficientnet_lite, "efficientnet_lite0"),
+    "efficientnet_lite2": partial(build_efficientnet_lite, "efficientnet_lite2"),
 }
 _OPTIONS: dict[str, tuple[str, ...]] = {
     "zf": ("fc_width",),

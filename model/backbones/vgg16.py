@@ -80,9 +80,10 @@ def load_imagenet_state_dict(timeout_s: float = DOWNLOAD_TIMEOUT_S) -> dict[str,
 
 def build_vgg16(pretrained: bool = True) -> Backbone:
     """VGG-16 backbone: 512-channel stride-16 conv5_3 features, fc6/fc7 top (4096)."""
+    state = load_imagenet_state_dict() if pretrained else None  # fail before the costly init
     net = vgg16(weights=None)  # torchvision's own random init when not pretrained
-    if pretrained:
-        load_strict(net, load_imagenet_state_dict(), weights_cache_path(), "vgg16")
+    if state is not None:
+        load_strict(net, state, weights_cache_path(), "vgg16")
     shared = nn.Sequential(OrderedDict([("features", net.features[:30])]))  # drop pool5
     top = nn.Sequential(OrderedDict([
         ("flatten", nn.Flatten(1)),

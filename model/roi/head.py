@@ -62,9 +62,14 @@ class DetectorHead(nn.Module):
         means_t = torch.as_tensor(means, dtype=torch.float32).reshape(-1)
         stds_t = torch.as_tensor(stds, dtype=torch.float32).reshape(-1)
         if means_t.shape != (4,) or stds_t.shape != (4,):
-            raise ValueError(f"target means and stds must have 4 values, got {tuple(means_t.shape)} and {tuple(stds_t.shape)}")
-        if not bool(torch.isfinite(means_t).all()) or not bool((stds_t > 0).all()) or not bool(torch.isfinite(stds_t).all()):
-            raise ValueError(f"target stats must be finite with positive stds, got means {means_t.tolist()}, stds {stds_t.tolist()}")
+            raise ValueError(
+                f"target means and stds must have 4 values, got {tuple(means_t.shape)} and {tuple(stds_t.shape)}"
+            )
+        finite = bool(torch.isfinite(means_t).all()) and bool(torch.isfinite(stds_t).all())
+        if not finite or not bool((stds_t > 0).all()):
+            raise ValueError(
+                f"target stats must be finite with positive stds, got means {means_t.tolist()}, stds {stds_t.tolist()}"
+            )
         self.target_means.copy_(means_t)
         self.target_stds.copy_(stds_t)
 

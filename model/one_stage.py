@@ -1,0 +1,382 @@
+"""The paper's one-stage detector: class-specific detection straight from the sliding window.
+
+Paper, sec. 4.1 "One-Stage Detection vs. Two-Stage Proposal + Detection" (Table 10): to
+compare the two-stage cascade with an OverFeat-like one-stage system, the authors ran the
+Fast R-CNN detector (ZF) on dense sliding windows of 3 scales x 3 aspect ratios (about
+20000 per image) instead of on proposals, trained to give class-specific scores and box
+regressions for those windows. It reached 53.8 % mAP (53.9 % with 5 test scales) against
+58.7 % for the two-stage system with unshared RPN proposals.
+
+What is built here, the simplest faithful variant:
+
+- the shared convs of a backbone (``build_backbone``), then a head shaped like the RPN's
+  (3x3 conv + ReLU, ``mid_channels`` 256 ZF / 512 VGG) whose sibling 1x1 convs predict, per
+  anchor, ``K + 1`` class scores and ``4 (K + 1)`` class-specific box deltas;
+- the windows are the RPN's anchors (3 scales x 3 ratios, stride 16: about 20000 at
+  600 x 1000, the paper's count);
+- training labels come from the RPN's anchor labelling (``model.rpn.targets.label_anchors``:
+  inside anchors only, negatives first, each gt's best anchor(s) positive, random
+  sampling) with the Fast R-CNN detector's thresholds and batch by default
+  (``one_stage_label_config``): positive IoU >= 0.5, background below 0.5, 64 anchors per
+  image, 25 % foreground, 2 images per iteration. A positive takes the class of the gt it
+  overlaps most, a negative class 0;
+- the loss is the Fast R-CNN loss (``model.roi.detector_loss``: softmax cross-entropy +
+  smooth L1 with sigma 1 on the own-class deltas, both over the sampled windows), with box
+  targets normalised by the fixed ``RoIConfig.target_means/stds`` (0, 0.1, 0.1, 0.2, 0.2);
+- testing scores every anchor and post-processes exactly like the detector
+  (``model.roi.postprocess_detections`` with the anchors as RoIs: per class score > 0.05,
+  NMS 0.3, at most 100 detections).
+
+What differs from the paper's system: its windows were RoI-pooled and sent through the
+Fast R-CNN fc layers (fc6, fc7) of a pretrained net, so each window had features of its own
+box; here every window at one position shares the 3x3 sliding-window feature, as
+OverFeat's classifier and regressor and the RPN do. The backbone's detector-only ``top``
+is therefore not used (and dropped). Its test is single-scale, like every row here.
+
+Shapes: one image per call, ``[3, h, w]`` RGB float 0..255 already resized by ``scale``;
+features ``[1, C, Hf, Wf]``; A anchors per position, N = Hf * Wf * A anchors in
+``shift_anchors`` order; K foreground classes; G gt boxes in input pixels.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from model.anchors import generate_anchors, shift_anchors
+from model.backbones import build_backbone
+from model.boxes import box_iou
+from model.config import DetectorConfig, RPNConfig, TestConfig
+from model.data.records import DetectionDataset
+from model.data.transforms import load_training_sample
+from model.detections import Detections
+from model.roi import detector_loss, postprocess_detections
+from model.rpn.targets import label_anchors
+
+CHECKPOINT_FORMAT = "frcnn-one-stage/1"
+
+
+def one_stage_label_config(cfg: DetectorConfig) -> RPNConfig:
+    """Anchor labelling with the Fast R-CNN detector's rule (the paper trained Fast R-CNN
+    on the windows): foreground IoU >= ``roi.foreground_iou`` (0.5), background below it,
+    ``roi.batch_size_per_image`` (64) windows per image, ``roi.foreground_fraction`` (25 %).
+    The background has no lower IoU bound (``roi.background_iou_low`` is not used): that is
+    py-faster-rcnn's 0.0; the Fast R-CNN paper's 0.1 would need its own labelling."""
+    return RPNConfig(
+        positive_iou=cfg.roi.foreground_iou,
+        negative_iou=cfg.roi.background_iou_high,
+        batch_size_per_image=cfg.roi.batch_size_per_image,
+        positive_fraction=cfg.roi.foreground_fraction,
+        allowed_border=cfg.rpn.allowed_border,
+        sigma=cfg.roi.sigma,
+    )
+
+
+def label_windows(
+    anchors: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    image_height: int,
+    image_width: int,
+    label_cfg: RPNConfig,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Class labels ``[N]`` int64 (-1 ignored / not sampled, 0 background, 1..K the class)
+    and raw box targets ``[N, 4]`` of the ``[N, 4]`` anchors, for ``[G, 4]`` gt boxes with
+    labels ``[G]`` in 1..K, all in input pixels.
+
+    ``label_anchors`` decides which anchors are positive, negative or ignored (and samples
+    them); a positive then takes the class of the gt it overlaps most, the first such gt
+    on ties, which is also the gt ``label_anchors`` encodes its targets against. A
+    "positive" that overlaps no gt at all (label_anchors' zero-IoU quirk) is background.
+    """
+    if gt_boxes.dim() != 2 or gt_boxes.shape[1] != 4 or gt_labels.shape != (gt_boxes.shape[0],):
+        raise ValueError(
+            f"gt_boxes must be [G, 4] and gt_labels [G], got {tuple(gt_boxes.shape)} and {tuple(gt_labels.shape)}"
+        )
+    gt_boxes = gt_boxes.to(anchors.device, anchors.dtype)
+    gt_labels = gt_labels.to(anchors.device, torch.int64)
+    labels, targets = label_anchors(anchors, gt_boxes, image_height, image_width, label_cfg, generator)
+    positive = torch.nonzero(labels == 1).squeeze(1)
+    classes = labels.clone()  # -1 and 0 stay as they are
+    if positive.numel() > 0:
+        best, matched = box_iou(anchors[positive], gt_boxes).max(dim=1)
+        classes[positive] = gt_labels[matched]
+        # label_anchors' faithful quirk (see its module doc): a gt that overlaps no inside
+        # anchor makes every zero-IoU anchor "positive". Harmless noise for an objectness
+        # score, but here it would teach that empty windows hold class matched[0]: such
+        # windows are background, whatever the sampler called them.
+        classes[positive[best <= 0]] = 0
+    return classes, targets
+
+
+class OneStageHead(nn.Module):
+    """3x3 conv + ReLU, then 1x1 convs for ``A (K+1)`` class scores and ``4 A (K+1)`` deltas.
+
+    Channels are anchor-major: class ``c`` of anchor ``a`` is channel ``a (K+1) + c``, delta
+    ``j`` of class ``c`` of anchor ``a`` is channel ``(a (K+1) + c) 4 + j``.
+    """
+
+    def __init__(self, in_channels: int, mid_channels: int, num_anchors: int, num_classes: int) -> None:
+        super().__init__()
+        if min(in_channels, mid_channels, num_anchors, num_classes) <= 0:
+            raise ValueError(
+                "OneStageHead needs positive in_channels, mid_channels, num_anchors and num_classes, got "
+                f"{in_channels}, {mid_channels}, {num_anchors}, {num_classes}"
+            )
+        self.num_anchors = num_anchors
+        self.num_columns = num_classes + 1
+        self.conv = nn.Conv2d(in_channels, mid_channels, kernel_size=3, padding=1)
+        self.cls = nn.Conv2d(mid_channels, num_anchors * self.num_columns, kernel_size=1)
+        self.reg = nn.Conv2d(mid_channels, num_anchors * self.num_columns * 4, kernel_size=1)
+        # RPN init for the conv and the scores, Fast R-CNN's N(0, 0.001) for the regressor.
+        for layer, std in ((self.conv, 0.01), (self.cls, 0.01), (self.reg, 0.001)):
+            nn.init.normal_(layer.weight, mean=0.0, std=std)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """``[1, C, Hf, Wf]`` -> logits ``[N, K+1]`` and deltas ``[N, 4(K+1)]``, ``shift_anchors`` order."""
+        hidden = F.relu(self.conv(features))
+        logits = self.cls(hidden)[0]  # [A(K+1), Hf, Wf]
+        deltas = self.reg(hidden)[0]  # [4A(K+1), Hf, Wf]
+        # Channel-last then flatten: row (y * Wf + x) * A + a, as model.anchors lays anchors out.
+        logits = logits.permute(1, 2, 0).reshape(-1, self.num_columns)
+        deltas = deltas.permute(1, 2, 0).reshape(-1, 4 * self.num_columns)
+        return logits, deltas
+
+
+class OneStageDetector(nn.Module):
+    """OverFeat-style one-stage detector over a backbone's shared convs (see the module doc).
+
+    Uses from ``cfg``: ``class_names``, ``backbone``, ``pretrained``, ``anchors``,
+    ``rpn.mid_channels`` and ``rpn.allowed_border``, ``roi`` (labelling, sampling, loss,
+    target normalisation) and ``test``. ``label_cfg`` replaces the anchor-labelling rule.
+    """
+
+    def __init__(
+        self,
+        cfg: DetectorConfig,
+        backbone_options: dict | None = None,
+        label_cfg: RPNConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if cfg.num_classes < 1:
+            raise ValueError("DetectorConfig.class_names is empty: the detector needs at least one class")
+        self.cfg = cfg
+        self.backbone_options = dict(backbone_options or {})
+        self.label_cfg = label_cfg or one_stage_label_config(cfg)
+        self.backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained, **self.backbone_options)
+        # The detector-only layers (fc6/fc7: 54M parameters for ZF) have no use here.
+        self.backbone.top = nn.Identity()
+        reference = generate_anchors(cfg.anchors.base_size, cfg.anchors.ratios, cfg.anchors.scales)
+        self.register_buffer("reference_anchors", reference, persistent=False)
+        mid_channels = cfg.rpn.mid_channels or self.backbone.rpn_mid_channels
+        self.head = OneStageHead(self.backbone.feature_channels, mid_channels, reference.shape[0], cfg.num_classes)
+        self.register_buffer("target_means", torch.tensor(cfg.roi.target_means, dtype=torch.float32), persistent=False)
+        self.register_buffer("target_stds", torch.tensor(cfg.roi.target_stds, dtype=torch.float32), persistent=False)
+        for _, param in self.backbone.never_train_parameters():
+            param.requires_grad_(False)
+
+    def features(self, image: Tensor) -> Tensor:
+        """Shared conv features ``[1, C, Hf, Wf]`` of one image ``[3, h, w]`` (RGB 0..255)."""
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected one image [3, h, w], got {tuple(image.shape)}")
+        return self.backbone.shared(self.backbone.normalize(image[None]))
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Anchors ``[N, 4]`` (input pixels), logits ``[N, K+1]``, normalised deltas ``[N, 4(K+1)]``."""
+        features = self.features(image)
+        logits, deltas = self.head(features)
+        anchors = shift_anchors(self.reference_anchors, features.shape[2], features.shape[3], self.backbone.stride)
+        return anchors, logits, deltas
+
+    def loss_terms(
+        self,
+        image: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The sampled windows of one image: ``(logits [S, K+1], deltas [S, 4(K+1)],
+        labels [S] in 0..K, normalised targets [S, 4])``, what ``detector_loss`` takes, so
+        a batch of images can be concatenated and averaged over all its windows.
+
+        ``gt_boxes`` ``[G, 4]`` in input pixels, ``gt_labels`` ``[G]`` in 1..K.
+        """
+        anchors, logits, deltas = self(image)
+        labels, targets = label_windows(
+            anchors, gt_boxes, gt_labels, int(image.shape[1]), int(image.shape[2]), self.label_cfg, generator
+        )
+        sampled = torch.nonzero(labels >= 0).squeeze(1)
+        classes = labels[sampled]
+        normalised = (targets[sampled] - self.target_means) / self.target_stds
+        return logits[sampled], deltas[sampled], classes, normalised
+
+    def losses(
+        self,
+        image: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """``{"one_stage_cls", "one_stage_reg"}`` for one image (see ``loss_terms``)."""
+        return _named(detector_loss(*self.loss_terms(image, gt_boxes, gt_labels, generator), sigma=self.label_cfg.sigma))
+
+    @torch.no_grad()
+    def detect(self, image: Tensor, scale: float, test_cfg: TestConfig | None = None) -> Detections:
+        """Detections of one image in original-image pixels; every anchor is a candidate window."""
+        was_training = self.training
+        self.eval()
+        try:
+            anchors, logits, deltas = self(image)
+            probs = F.softmax(logits, dim=1)
+            columns = deltas.shape[1] // 4
+            raw = (deltas.reshape(-1, columns, 4) * self.target_stds + self.target_means).reshape(deltas.shape)
+            return postprocess_detections(
+                anchors, probs, raw, int(image.shape[1]), int(image.shape[2]), scale, test_cfg or self.cfg.test
+            )
+        finally:
+            self.train(was_training)
+
+
+def _named(losses: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {"one_stage_cls": losses["det_cls"], "one_stage_reg": losses["det_reg"]}
+
+
+# ----------------------------------------------------------------------------- training
+def train_one_stage(
+    model: OneStageDetector,
+    dataset: DetectionDataset,
+    iterations: int,
+    lr: float = 1e-3,
+    seed: int = 0,
+    *,
+    lr_steps: tuple[int, ...] = (),
+    gamma: float = 0.1,
+    ims_per_batch: int = 2,
+    flip: bool = True,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    bias_lr_factor: float = 2.0,
+    progress: bool = True,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """SGD on ``dataset`` as the detector steps train (a small loop: ``model.training``'s is
+    built around ``FasterRCNN`` and its checkpoint groups); returns per-iteration
+    ``{"one_stage_cls", "one_stage_reg", "total", "lr"}``.
+
+    Same optimiser as the paper's: momentum 0.9, weight decay 5e-4, biases at twice the
+    learning rate, ``lr * gamma ** (#lr_steps <= iteration)``; ``ims_per_batch`` images
+    (and their mirror images if ``flip``) in a seeded shuffled order, reshuffled each pass,
+    with the loss averaged over the sampled windows of the whole batch. Deterministic on the
+    CPU for a given ``seed``. Raises ``FloatingPointError`` on a non-finite loss.
+    """
+    if iterations < 0 or ims_per_batch < 1:
+        raise ValueError(f"iterations must be >= 0 and ims_per_batch >= 1, got {iterations}, {ims_per_batch}")
+    if not dataset.records:
+        raise ValueError(f"{dataset.root}: the dataset has no images")
+    cfg = model.cfg
+    device = next(model.parameters()).device
+    weights = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("bias")]
+    biases = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("bias")]
+    optimizer = torch.optim.SGD(
+        [
+            {"params": weights, "lr_factor": 1.0},
+            {"params": biases, "lr_factor": bias_lr_factor},
+        ],
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+    )
+    entries = [(i, False) for i in range(len(dataset.records))]
+    if flip:
+        entries += [(i, True) for i in range(len(dataset.records))]
+    order_rng = np.random.RandomState(seed)
+    queue: list[int] = []
+    generator = torch.Generator().manual_seed(seed)
+    history: list[dict[str, float]] = []
+    model.train()
+    with tqdm(total=iterations, disable=not progress, desc="train one-stage", dynamic_ncols=True) as bar:
+        for iteration in range(iterations):
+            rate = lr * gamma ** sum(1 for s in lr_steps if iteration >= s)
+            for group in optimizer.param_groups:
+                group["lr"] = rate * group["lr_factor"]
+            parts = []
+            for _ in range(ims_per_batch):
+                if not queue:
+                    queue = order_rng.permutation(len(entries)).tolist()
+                index, flipped = entries[queue.pop(0)]
+                image, gt_boxes, gt_labels, _ = load_training_sample(
+                    dataset.records[index], cfg.class_names, cfg.min_size, cfg.max_size, flipped
+                )
+                parts.append(model.loss_terms(image.to(device), gt_boxes, gt_labels, generator))
+            logits, deltas, labels, targets = (torch.cat(t) for t in zip(*parts))
+            losses = _named(detector_loss(logits, deltas, labels, targets, sigma=model.label_cfg.sigma))
+            total = losses["one_stage_cls"] + losses["one_stage_reg"]
+            values = {k: float(v.detach()) for k, v in losses.items()}
+            values["total"] = float(total.detach())
+            if not all(math.isfinite(v) for v in values.values()):
+                raise FloatingPointError(f"one-stage training diverged at iteration {iteration + 1}: {values}")
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            values["lr"] = rate
+            history.append(values)
+            bar.update(1)
+            if on_log is not None:
+                on_log(iteration + 1, dict(values))
+    model.eval()
+    return history
+
+
+# ----------------------------------------------------------------------------- files
+def save_one_stage(path: Path | str, model: OneStageDetector, extra: dict[str, Any] | None = None) -> None:
+    """Config + weights in one file, written atomically, readable with ``weights_only=True``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = {
+        "format": CHECKPOINT_FORMAT,
+        "config": model.cfg.to_dict(),
+        "backbone_options": dict(model.backbone_options),
+        "label_cfg": dataclasses.asdict(model.label_cfg),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": dict(extra or {}),
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(content, tmp)
+    tmp.replace(path)
+
+
+def load_one_stage(path: Path | str, map_location: str | torch.device = "cpu") -> OneStageDetector:
+    """Inverse of ``save_one_stage``; errors name the file and the problem."""
+    path = Path(path)
+    try:
+        content = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: one-stage checkpoint not found") from None
+    except Exception as exc:  # unpickling errors come in many types
+        raise ValueError(f"{path}: not a readable one-stage checkpoint ({exc})") from exc
+    if not isinstance(content, dict) or content.get("format") != CHECKPOINT_FORMAT:
+        found = content.get("format") if isinstance(content, dict) else type(content).__name__
+        raise ValueError(f"{path}: not a one-stage checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
+    cfg = DetectorConfig.from_dict(content["config"])
+    model = OneStageDetector(
+        dataclasses.replace(cfg, pretrained=False),
+        dict(content["backbone_options"]),
+        RPNConfig(**content["label_cfg"]),
+    )
+    model.cfg = cfg
+    try:
+        model.load_state_dict(content["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit the one-stage detector ({exc})") from exc
+    model.eval()
+    return model
