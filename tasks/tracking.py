@@ -27,6 +27,10 @@ from typing import Any
 from tasks import layout
 from tasks.params import flatten
 
+# MLflow 3 reports usage telemetry by default; these machines are offline and the
+# pipeline should not phone home. An explicit setting wins.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 PIPELINE_RUN_ENV = "FRCNN_PIPELINE_RUN_ID"
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -166,6 +170,8 @@ class StageRun:
         mlflow.pytorch.log_model(
             model,
             name=name,
+            # The model has no single-tensor forward() to trace for MLflow's "pt2" default.
+            serialization_format="pickle",
             code_paths=[str(layout.repo_root() / "model")],
             pip_requirements=[
                 f"torch=={torch.__version__.split('+')[0]}",
