@@ -46,8 +46,14 @@ def tracking_uri() -> str:
     return f"sqlite:///{layout.tracking_root() / DB_NAME}"
 
 
-def _uses_default_store() -> bool:
-    return not os.environ.get("MLFLOW_TRACKING_URI")
+def default_artifact_location() -> str | None:
+    """Artifacts beside the default SQLite store; None (MLflow's choice) for an explicit store.
+
+    Call before ``mlflow.set_tracking_uri``, which itself sets ``MLFLOW_TRACKING_URI``.
+    """
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return (layout.tracking_root() / ARTIFACTS_DIR).as_uri()
 
 
 def git_commit(root: Path | None = None) -> str | None:
@@ -86,15 +92,12 @@ def pipeline_run_id() -> str:
     return f"repro-{hasher.hexdigest()[:12]}"
 
 
-def _experiment_id(mlflow: Any, name: str) -> str:
-    """Id of experiment ``name``, created with repo-local artifacts for the default store."""
+def _experiment_id(mlflow: Any, name: str, location: str | None) -> str:
+    """Id of experiment ``name``, created with artifacts at ``location`` if it does not exist."""
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location = None
-    if _uses_default_store():
-        location = (layout.tracking_root() / ARTIFACTS_DIR).as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except Exception:  # created meanwhile by another process
@@ -217,8 +220,9 @@ def stage_run(
     """Start (or resume) the MLflow run of ``stage``; ends it FINISHED, or FAILED on an exception."""
     import mlflow
 
+    location = default_artifact_location()
     mlflow.set_tracking_uri(tracking_uri())
-    experiment_id = _experiment_id(mlflow, experiment)
+    experiment_id = _experiment_id(mlflow, experiment, location)
     tags = {
         "pipeline_run_id": pipeline_run_id(),
         "stage": stage,
