@@ -157,7 +157,16 @@ class FasterRCNN(nn.Module):
         several images can concatenate them and average the loss over all its RoIs as
         the original does.
         """
-        features = self.features(image)
+        return self._detector_terms(self.features(image), gt_boxes, gt_labels, proposals, generator)
+
+    def _detector_terms(
+        self,
+        features: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        proposals: Tensor,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
         device, dtype = features.device, features.dtype
         sample = sample_rois(
             proposals.to(device, dtype),
@@ -188,6 +197,30 @@ class FasterRCNN(nn.Module):
         if terms is None:
             return {}
         return detector_loss(*terms, sigma=self.cfg.roi.sigma)
+
+    def joint_losses(
+        self,
+        image: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        generator: torch.Generator | None = None,
+        scale: float = 1.0,
+    ) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor, Tensor, Tensor] | None]:
+        """Approximate joint training (paper sec. 3.2, ii) for one image: one feature pass.
+
+        The RPN's ``cfg.train_proposals`` (12000 -> 2000) feed the detector directly, not
+        differentiated through; ``scale`` (input / original) sets their minimum size. Returns the RPN losses and the detector terms (as
+        ``detector_terms``; None when no RoI was sampled). Not used by the four-step
+        training; here for comparisons with end-to-end implementations.
+        """
+        features = self.features(image)
+        gt_boxes = gt_boxes.to(features.device, features.dtype)
+        out = self.rpn(
+            features, int(image.shape[1]), int(image.shape[2]), scale, self.cfg.train_proposals,
+            gt_boxes=gt_boxes, generator=generator,
+        )
+        terms = self._detector_terms(features, gt_boxes, gt_labels, out.proposals, generator)
+        return out.losses, terms
 
     # --------------------------------------------------------------- inference
     def propose(

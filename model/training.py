@@ -81,6 +81,10 @@ class TrainSchedule:
     checkpoint_every: int = 100
     seed: int = 0
     bias_weight_decay: bool = True
+    # Not in the original (0 keeps its schedule): a linear ramp from warmup_factor x lr to
+    # lr over the first iterations steadies short fine-tuning runs at high rates.
+    warmup_iterations: int = 0
+    warmup_factor: float = 1.0 / 3.0
 
     def __post_init__(self) -> None:
         self.lr_steps = tuple(int(s) for s in self.lr_steps)
@@ -90,10 +94,19 @@ class TrainSchedule:
             raise ValueError(f"ims_per_batch must be >= 1, got {self.ims_per_batch}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.warmup_iterations < 0 or not 0.0 < self.warmup_factor <= 1.0:
+            raise ValueError(
+                f"warmup_iterations must be >= 0 and warmup_factor in (0, 1], got "
+                f"{self.warmup_iterations} / {self.warmup_factor}"
+            )
 
     def learning_rate(self, iteration: int) -> float:
-        """Base learning rate at 0-based ``iteration`` (Caffe's "multistep")."""
-        return self.base_lr * self.gamma ** sum(1 for s in self.lr_steps if iteration >= s)
+        """Base learning rate at 0-based ``iteration`` (Caffe's "multistep", then the warm-up)."""
+        lr = self.base_lr * self.gamma ** sum(1 for s in self.lr_steps if iteration >= s)
+        if iteration < self.warmup_iterations:
+            progress = iteration / self.warmup_iterations
+            lr *= self.warmup_factor + (1.0 - self.warmup_factor) * progress
+        return lr
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -51,7 +51,7 @@ class ManifestError(RuntimeError):
 
 def _resolve(root: str) -> Path:
     path = Path(root)
-    return path if path.is_absolute() else layout.repo_root() / path
+    return path if path.is_absolute() else layout.workspace() / path
 
 
 def dataset_digest(dataset: DetectionDataset) -> str:

@@ -1,7 +1,10 @@
 """Where every stage reads and writes: the one place that names the pipeline's files.
 
 dvc.yaml lists the same paths (tests/test_pipeline_config.py checks they agree).
-Paths are relative to the repository root, the folder DVC runs every stage in.
+Paths are relative to the workspace: the repository root, the folder DVC runs every
+stage in (and the whole-pipeline flow changes into). ``workspace()`` is therefore the
+current directory, not the folder this code was imported from: a flow imported from
+one checkout may run the pipeline of another.
 
 ``outputs/.resume`` holds the in-progress checkpoints of the training stages. It is
 deliberately not a DVC output: DVC deletes a stage's declared outputs before running
@@ -36,9 +39,14 @@ METRICS = Path("metrics")
 PLOTS = Path("plots")
 
 
-def repo_root() -> Path:
-    """The checkout this code runs from (its parent folder of ``tasks/``)."""
+def code_root() -> Path:
+    """The checkout this code was imported from (the parent folder of ``tasks/``)."""
     return Path(__file__).resolve().parent.parent
+
+
+def workspace() -> Path:
+    """The repository whose pipeline runs: the current directory (see the module docstring)."""
+    return Path.cwd().resolve()
 
 
 def tracking_root() -> Path:
@@ -47,7 +55,7 @@ def tracking_root() -> Path:
     ``dvc exp run --temp`` and queued experiments run in a temporary copy but set
     ``DVC_ROOT`` to the original repository, so their runs land in its store.
     """
-    return Path(os.environ.get("DVC_ROOT") or repo_root()).resolve()
+    return Path(os.environ.get("DVC_ROOT") or workspace()).resolve()
 
 
 def checkpoint(stage: str) -> Path:

@@ -59,7 +59,7 @@ class ResumeFiles:
 
 def code_digest(root: Path | None = None) -> str:
     """sha256 over the ``.py`` files of the pipeline's code, by relative path."""
-    root = root or layout.repo_root()
+    root = root or layout.code_root()
     hasher = hashlib.sha256()
     for folder in CODE_DIRS:
         for path in sorted((root / folder).rglob("*.py")):

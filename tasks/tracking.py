@@ -59,7 +59,7 @@ def default_artifact_location() -> str | None:
 def git_commit(root: Path | None = None) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root or layout.repo_root(), capture_output=True, text=True, timeout=10
+            ["git", "rev-parse", "HEAD"], cwd=root or layout.workspace(), capture_output=True, text=True, timeout=10
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -144,6 +144,16 @@ class StageRun:
         if len(self._pending) >= _BATCH:
             self.flush()
 
+    def backfill_losses(self, history: list[Mapping[str, float]]) -> int:
+        """Log ``history[i]`` as iteration ``i + 1`` where the run lacks it; returns how many were sent."""
+        client = self._mlflow.MlflowClient()
+        logged = {m.step for m in client.get_metric_history(self.run_id, "train/total")}
+        missing = [(i + 1, losses) for i, losses in enumerate(history) if i + 1 not in logged]
+        for iteration, losses in missing:
+            self.log_loss(iteration, losses)
+        self.flush()
+        return len(missing)
+
     def flush(self) -> None:
         if self._pending:
             client = self._mlflow.MlflowClient()
@@ -175,7 +185,7 @@ class StageRun:
             name=name,
             # The model has no single-tensor forward() to trace for MLflow's "pt2" default.
             serialization_format="pickle",
-            code_paths=[str(layout.repo_root() / "model")],
+            code_paths=[str(layout.code_root() / "model")],
             pip_requirements=[
                 f"torch=={torch.__version__.split('+')[0]}",
                 f"torchvision=={torchvision.__version__.split('+')[0]}",

@@ -76,16 +76,19 @@ def _start_model(stage: str, params: Mapping[str, Any]) -> FasterRCNN:
     return model
 
 
-def _resumed_iteration(files: ResumeFiles) -> int:
-    """Iteration saved in the in-progress checkpoint (0 without one); an unreadable one is discarded."""
+def _saved_progress(files: ResumeFiles) -> tuple[int, list[dict[str, float]]]:
+    """Iteration and loss history saved in the in-progress checkpoint; ``(0, [])`` without one.
+
+    An unreadable in-progress checkpoint is discarded (training then starts over).
+    """
     if not files.checkpoint.exists():
-        return 0
+        return 0, []
     try:
         state = read_checkpoint(files.checkpoint)["train_state"] or {}
-        return int(state.get("iteration", 0))
-    except (CheckpointError, ValueError, TypeError):
+        return int(state.get("iteration", 0)), [dict(h) for h in state.get("history", [])]
+    except (CheckpointError, ValueError, TypeError, KeyError):
         files.clear()
-        return 0
+        return 0, []
 
 
 def _inputs(stage: str) -> list[Path]:
@@ -112,7 +115,7 @@ def run_step(stage: str, params: Mapping[str, Any], progress: bool = True) -> di
     kind = "rpn" if stage.endswith("_rpn") else "detector"
     schedule = dataclass_from(TrainSchedule, dict(get(params, f"train.{stage}")), f"train.{stage}")
     files = resume_files(stage, params, _inputs(stage))
-    resumed_from = _resumed_iteration(files)
+    resumed_from, saved_history = _saved_progress(files)
     manifest = read_manifest()
     train_set = load_split("train", manifest)
 
@@ -121,6 +124,9 @@ def run_step(stage: str, params: Mapping[str, Any], progress: bool = True) -> di
         files.remember_run(run.run_id)
         if resumed_from:
             print(f"{stage}: resuming from iteration {resumed_from} of {schedule.iterations} ({files.checkpoint})")
+            # Losses of the killed run that never reached MLflow (sent in batches) come
+            # from the checkpoint's own history.
+            run.backfill_losses(saved_history[:resumed_from])
         model = _start_model(stage, params)
         started = time.monotonic()
         extra = {"stage": stage}
@@ -137,7 +143,6 @@ def run_step(stage: str, params: Mapping[str, Any], progress: bool = True) -> di
         metrics: dict[str, Any] = {
             "iterations": schedule.iterations,
             "resumed_from": resumed_from,
-            "train_seconds": round(time.monotonic() - started, 1),
             "final_losses": _loss_summary(history),
         }
         plots.loss_curves(history, layout.plot(stage, "loss"), f"{stage}: training losses")
@@ -153,7 +158,8 @@ def run_step(stage: str, params: Mapping[str, Any], progress: bool = True) -> di
 
         save_checkpoint(layout.checkpoint(stage), model, extra={"stage": stage, "iterations": schedule.iterations})
         write_json(layout.metrics(stage), metrics)
-        run.log_metrics({k: v for k, v in metrics.items()})
+        # Wall time goes to MLflow only: the metrics file stays byte-identical between runs.
+        run.log_metrics({**metrics, "train_seconds": round(time.monotonic() - started, 1)})
         run.log_artifact(layout.metrics(stage), "metrics")
         for name in ("loss", "pr"):
             if layout.plot(stage, name).exists() and (name == "loss" or kind == "detector"):

@@ -1,0 +1,96 @@
+"""``python -m model.detect`` on a tiny checkpoint: JSON out, drawn image, clear errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.checkpoint import save_checkpoint
+from model.config import AnchorConfig, DetectorConfig
+from model.detect import detections_to_json, main
+from model.detections import Detections
+from model.faster_rcnn import FasterRCNN
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("detect")
+    torch.manual_seed(0)
+    cfg = DetectorConfig(
+        class_names=("cat", "dog"), backbone="zf", pretrained=False, min_size=96, max_size=160,
+        anchors=AnchorConfig(scales=(2.0, 4.0, 8.0)),
+    )
+    model = FasterRCNN(cfg, {"fc_width": 16})
+    # An untrained net: make "dog" win everywhere so that there is something to report.
+    model.roi_head.cls_score.bias.data[2] = 6.0
+    checkpoint = save_checkpoint(folder / "tiny.pt", model)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
+    image = folder / "in.png"
+    Image.fromarray(pixels).save(image)
+    return checkpoint, image
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "model.detect", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_prints_json_and_draws(files: tuple[Path, Path], tmp_path: Path) -> None:
+    checkpoint, image = files
+    out = tmp_path / "sub" / "out.png"
+    result = _run("--checkpoint", str(checkpoint), "--image", str(image), "--out", str(out),
+                  "--score-threshold", "0.5")
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found, "expected detections from the biased classifier"
+    assert all(d["class"] == "dog" and d["score"] >= 0.5 for d in found)
+    scores = [d["score"] for d in found]
+    assert scores == sorted(scores, reverse=True)
+    for d in found:  # boxes in the original 80 x 60 image (clipped at input scale, so < 1 px over)
+        x1, y1, x2, y2 = d["box"]
+        assert 0 <= x1 <= x2 < 80 and 0 <= y1 <= y2 < 60
+    drawn = np.asarray(Image.open(out).convert("RGB"))
+    original = np.asarray(Image.open(image).convert("RGB"))
+    assert drawn.shape == original.shape
+    assert (drawn != original).any(), "nothing was drawn"
+
+
+def test_cli_bad_checkpoint_exits_non_zero_naming_the_file(files: tuple[Path, Path], tmp_path: Path) -> None:
+    _, image = files
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    result = _run("--checkpoint", str(broken), "--image", str(image))
+    assert result.returncode != 0
+    assert "broken.pt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_image_and_missing_files(files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    checkpoint, image = files
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    assert main(["--checkpoint", str(checkpoint), "--image", str(bad)]) == 2
+    assert "bad.jpg" in capsys.readouterr().err
+    assert main(["--checkpoint", str(tmp_path / "nope.pt"), "--image", str(image)]) == 2
+    assert "nope.pt" in capsys.readouterr().err
+
+
+def test_detections_to_json_threshold_and_order() -> None:
+    det = Detections(
+        boxes=torch.tensor([[0.0, 0.0, 1.0, 1.0], [2.0, 2.0, 5.0, 5.0], [1.0, 1.0, 3.0, 3.0]]),
+        scores=torch.tensor([0.3, 0.9, 0.6]),
+        labels=torch.tensor([1, 2, 1]),
+    )
+    got = detections_to_json(det, ("cat", "dog"), 0.5)
+    assert got == [
+        {"class": "dog", "score": 0.9, "box": [2.0, 2.0, 5.0, 5.0]},
+        {"class": "cat", "score": 0.6, "box": [1.0, 1.0, 3.0, 3.0]},
+    ]

@@ -1,0 +1,149 @@
+"""The pipeline's declarations agree with each other: conf/ -> params.yaml -> dvc.yaml -> flows.
+
+Fast (no training): composes the Hydra profiles the way DVC does and reads dvc.yaml.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from dvc.utils.hydra import compose_and_dump
+
+from flows.stage import STAGE_PARAMS, TRACKING_PARAMS
+from model.config import DetectorConfig
+from model.training import TrainSchedule
+from tasks import layout
+from tasks.params import dataclass_from, select
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compose(tmp_path: Path, *overrides: str) -> dict:
+    out = tmp_path / f"params-{abs(hash(overrides))}.yaml"
+    compose_and_dump(out, str(ROOT / "conf"), None, "config", "", list(overrides))
+    return yaml.safe_load(out.read_text())
+
+
+def _dvc_yaml() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())
+
+
+def test_committed_params_are_the_composed_default(tmp_path: Path) -> None:
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert committed == _compose(tmp_path)
+    assert committed["data"]["name"] == "synthetic"
+    assert committed["model"]["backbone"] == "efficientnet_lite0"
+    assert committed["train"]["name"] == "cpu"
+
+
+def test_hydra_enabled_for_dvc() -> None:
+    config = (ROOT / ".dvc" / "config").read_text()
+    assert re.search(r"\[hydra\]\s*\n\s*enabled = true", config)
+
+
+@pytest.mark.parametrize(
+    "data,model,train",
+    list(itertools.product(("synthetic", "tiny", "bccd", "voc07"), ("efficientnet_lite0", "zf", "vgg16", "efficientnet_lite2"), ("cpu", "tiny", "paper"))),
+)
+def test_every_profile_gives_every_stage_its_params(tmp_path: Path, data: str, model: str, train: str) -> None:
+    params = _compose(tmp_path, f"data={data}", f"model={model}", f"train={train}")
+    assert params["data"]["name"] == data and params["model"]["backbone"] == model and params["train"]["name"] == train
+    for stage, keys in STAGE_PARAMS.items():
+        select(params, keys)  # raises if a declared key is missing
+    select(params, TRACKING_PARAMS)
+    # The model section is a valid DetectorConfig (minus pipeline-only keys) and the schedules build.
+    model_section = {k: v for k, v in params["model"].items() if k != "backbone_options"}
+    DetectorConfig.from_dict({**model_section, "class_names": ["a"], **params["data"]["input"]})
+    for step in ("step1_rpn", "step2_fast_rcnn", "step3_rpn", "step4_fast_rcnn"):
+        dataclass_from(TrainSchedule, params["train"][step], f"train.{step}")
+
+
+def test_paper_schedule_matches_the_paper(tmp_path: Path) -> None:
+    train = _compose(tmp_path, "data=voc07", "model=vgg16", "train=paper")["train"]
+    for step in ("step1_rpn", "step3_rpn"):
+        assert (train[step]["iterations"], train[step]["lr_steps"], train[step]["base_lr"]) == (80000, [60000], 0.001)
+    for step in ("step2_fast_rcnn", "step4_fast_rcnn"):
+        assert (train[step]["iterations"], train[step]["lr_steps"], train[step]["base_lr"]) == (40000, [30000], 0.001)
+        assert train[step]["ims_per_batch"] == 2
+
+
+def test_voc07_reads_a_devkit_path(tmp_path: Path) -> None:
+    params = _compose(tmp_path, "data=voc07", "data.voc_devkit=/datasets/VOCdevkit")
+    assert params["data"]["source"] == "/datasets/VOCdevkit/VOC2007"
+    assert len(params["data"]["classes"]) == 20
+    assert (params["data"]["input"]["min_size"], params["data"]["input"]["max_size"]) == (600, 1000)
+
+
+def test_bccd_defaults_to_the_shared_folder_beside_the_checkout(tmp_path: Path) -> None:
+    params = _compose(tmp_path, "data=bccd")
+    assert params["data"]["source"] == "../shared/datasets/BCCD/BCCD"
+    assert params["data"]["classes"] == ["RBC", "WBC", "Platelets"]
+
+
+def test_dvc_yaml_stages_in_order_with_declared_params() -> None:
+    stages = _dvc_yaml()["stages"]
+    assert tuple(stages) == layout.STAGES
+    for name, stage in stages.items():
+        assert stage["cmd"] == f"sh flows/stage.sh {name}"
+        assert tuple(stage["params"]) == STAGE_PARAMS[name], name
+        # Where runs are logged is not an input of any output.
+        assert not any(p.startswith("tracking") for p in stage["params"])
+
+
+def test_dvc_yaml_outputs_metrics_and_plots_follow_the_layout() -> None:
+    stages = _dvc_yaml()["stages"]
+    for name, stage in stages.items():
+        [metrics] = stage["metrics"]
+        assert metrics == {str(layout.metrics(name)): {"cache": False}}
+        for plot in stage.get("plots", []):
+            [(path, opts)] = plot.items()
+            assert path.startswith(f"plots/{name}/") and path.endswith(".png") and opts == {"cache": False}
+    model_stages = ["init_weights", "step1_rpn", "step2_fast_rcnn", "step3_rpn", "step4_fast_rcnn"]
+    for name in model_stages:
+        assert str(layout.checkpoint(name)) in stages[name]["outs"]
+    assert str(layout.checkpoint("final")) in stages["assemble"]["outs"]
+    for name in ("step1_proposals", "step3_proposals"):
+        assert stages[name]["outs"] == [str(layout.proposals(name, "train")), str(layout.proposals(name, "test"))]
+    assert stages["prepare_data"]["outs"] == [str(layout.PREPARED)]
+    # Loss curves for the four training steps, PR curves for the detectors, recall vs IoU for the RPNs.
+    plots = {name: [next(iter(p)) for p in stages[name].get("plots", [])] for name in stages}
+    for name in ("step1_rpn", "step3_rpn", "step2_fast_rcnn", "step4_fast_rcnn"):
+        assert f"plots/{name}/loss.png" in plots[name]
+    for name in ("step2_fast_rcnn", "step4_fast_rcnn"):
+        assert f"plots/{name}/pr.png" in plots[name]
+    for name in ("step1_proposals", "step3_proposals"):
+        assert plots[name] == [f"plots/{name}/recall_vs_iou.png"]
+
+
+def test_dvc_yaml_step_wiring_follows_the_paper() -> None:
+    deps = {name: stage["deps"] for name, stage in _dvc_yaml()["stages"].items()}
+    init = str(layout.checkpoint("init_weights"))
+    # Step 2 starts from the initial weights, not from step 1 (it only uses step 1's proposals).
+    assert init in deps["step2_fast_rcnn"]
+    assert str(layout.proposals("step1_proposals", "train")) in deps["step2_fast_rcnn"]
+    # Step 3 from step 2; step 4 from step 3 on step 3's proposals; final = step 3 + step 4.
+    assert str(layout.checkpoint("step2_fast_rcnn")) in deps["step3_rpn"]
+    assert str(layout.checkpoint("step3_rpn")) in deps["step4_fast_rcnn"]
+    assert str(layout.proposals("step3_proposals", "train")) in deps["step4_fast_rcnn"]
+    assert {str(layout.checkpoint("step3_rpn")), str(layout.checkpoint("step4_fast_rcnn"))} <= set(deps["assemble"])
+    # The unshared row: step-1 RPN with the step-2 detector.
+    assert {str(layout.checkpoint("step1_rpn")), str(layout.checkpoint("step2_fast_rcnn"))} <= set(deps["evaluate"])
+
+
+def test_declared_code_dependencies_exist() -> None:
+    for name, stage in _dvc_yaml()["stages"].items():
+        for dep in stage["deps"]:
+            if dep.startswith(("model", "tasks", "flows")):
+                assert (ROOT / dep).exists(), f"{name}: dependency {dep} does not exist"
+        # The module that runs the stage is a dependency of it.
+        assert {"flows/stage.sh", "flows/stage.py"} <= set(stage["deps"])
+
+
+def test_rpn_only_params_are_declared_only_by_rpn_stages() -> None:
+    users = {name for name, keys in STAGE_PARAMS.items() if "model.rpn" in keys}
+    assert users == {"step1_rpn", "step3_rpn"}
+    step3_users = {name for name, keys in STAGE_PARAMS.items() if "train.step3_rpn" in keys}
+    assert step3_users == {"step3_rpn"}

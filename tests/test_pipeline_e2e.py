@@ -1,0 +1,362 @@
+"""End to end: the tiny profile through ``dvc repro`` and through the whole-pipeline Prefect flow.
+
+Each run happens in its own temporary git repository holding a copy of this working
+tree (code, conf, dvc.yaml; no data, outputs or MLflow store), with params.yaml composed
+for ``data=tiny train=tiny``. A Prefect test harness server (temporary database) stands
+in for a real server: the stage flows that DVC starts report to it.
+
+Checks: every stage's outputs; the MLflow runs and their metrics; that changing an
+RPN-only parameter re-runs only what depends on it; that a training stage killed after
+its first checkpoint resumes from that checkpoint; that the whole-pipeline flow leaves
+the same files and a true dvc.lock. Total about 4-5 minutes on two CPU cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.layout import STAGES
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+PROFILE = ["data=tiny", "train=tiny"]
+# What a copy of the working tree leaves out: environments, generated data and results.
+_SKIP_TOP = {".venv", ".git", "data", "outputs", "metrics", "plots", "reports", "mlflow.db", "mlartifacts", "mlruns",
+             "dvc.lock", ".prefect", "build", ".hydra"}
+_SKIP_ANYWHERE = {"__pycache__", ".pytest_cache"}
+_SKIP_DVC = {"cache", "tmp"}
+
+if shutil.which("git") is None:  # pragma: no cover - CI has git
+    pytest.skip("git is needed for DVC", allow_module_level=True)
+
+
+def _ignore(directory: str, names: list[str]) -> list[str]:
+    rel = Path(directory).resolve().relative_to(ROOT)
+    skip = set(_SKIP_ANYWHERE)
+    if rel == Path("."):
+        skip |= _SKIP_TOP
+    if rel == Path(".dvc"):
+        skip |= _SKIP_DVC
+    return [n for n in names if n in skip or n.endswith(".egg-info")]
+
+
+def make_repo(dest: Path, overrides: list[str]) -> Path:
+    """A git repository at ``dest`` holding this working tree with params composed for ``overrides``."""
+    from dvc.utils.hydra import compose_and_dump
+
+    shutil.copytree(ROOT, dest, ignore=_ignore)
+    compose_and_dump(dest / "params.yaml", str(dest / "conf"), None, "config", "", overrides)
+    git = ["git", "-c", "user.email=test@example.com", "-c", "user.name=test"]
+    subprocess.run([*git, "init", "-q"], cwd=dest, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "pipeline under test"], cwd=dest, check=True)
+    return dest
+
+
+def run(cmd: list[str], repo: Path, env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def lock_outs(repo: Path) -> dict[str, str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+def mlflow_runs(repo: Path) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo.resolve()}/mlflow.db")
+    experiment = client.get_experiment_by_name("faster-rcnn-alternating")
+    assert experiment is not None, "no MLflow experiment was created"
+    return client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def set_param(repo: Path, dotted: str, value: object) -> None:
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    node = params
+    *parents, last = dotted.split(".")
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Prefect test-harness server (temporary database) for this module's flow runs."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with temporary_settings({PREFECT_HOME: str(home)}):
+        with prefect_test_harness(server_startup_timeout=90):
+            yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="module")
+def env(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment of the DVC / flow subprocesses: the venv first on PATH, the harness API."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_", "FRCNN_", "PREFECT_"))}
+    environment.update(
+        PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        PREFECT_API_URL=prefect_api,
+        PREFECT_HOME=str(tmp_path_factory.mktemp("prefect-client-home")),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        DVC_NO_ANALYTICS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return environment
+
+
+@pytest.fixture(scope="module")
+def repro_repo(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> dict:
+    """The tiny profile through ``dvc repro`` once; later tests change it further."""
+    repo = make_repo(tmp_path_factory.mktemp("repro") / "repo", PROFILE)
+    started = time.monotonic()
+    result = run(["dvc", "repro"], repo, env)
+    return {
+        "repo": repo,
+        "output": result.stdout + result.stderr,
+        "seconds": time.monotonic() - started,
+        "lock_outs": lock_outs(repo),
+        "started_at": started,
+    }
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_dvc_repro_runs_every_stage_and_writes_its_outputs(repro_repo: dict, env: dict[str, str]) -> None:
+    import torch
+
+    repo, output = repro_repo["repo"], repro_repo["output"]
+    assert ran_stages(output) == list(STAGES)
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        for entry in stage["outs"] + stage["metrics"] + stage.get("plots", []):
+            path = repo / (entry if isinstance(entry, str) else next(iter(entry)))
+            assert path.exists(), f"{name}: {path} missing"
+            if path.suffix == ".png":
+                assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Nothing half-written left behind, no in-progress checkpoint left over.
+    assert not list((repo / "outputs").rglob("*.tmp"))
+    assert not list((repo / "outputs" / ".resume").glob("*.pt"))
+    # Checkpoints and caches are plain tensors (weights_only) and carry what the next steps check.
+    final = torch.load(repo / "outputs/final/model.pt", weights_only=True)
+    assert final["config"]["class_names"] == ["circle", "square", "triangle"]
+    assert final["config"]["test_proposals"]["post_nms_top_n"] == 50  # the tiny profile's
+    cache = torch.load(repo / "outputs/step3_proposals/train.pt", weights_only=True)
+    fingerprint = json.loads(cache["fingerprint"])
+    from model.proposal_cache import file_sha256
+
+    assert fingerprint["checkpoint_sha256"] == file_sha256(repo / "outputs/step3_rpn/model.pt")
+    assert fingerprint["proposal_config"]["post_nms_top_n"] == 100
+    # Metrics: recall at 0.5 / 0.7 for 300 / 1000 / 2000 proposals, mAP of both rows.
+    recall = json.loads((repo / "metrics/step1_proposals.json").read_text())["recall"]
+    assert set(recall) == {"300", "1000", "2000"} and all(set(r) == {"0.5", "0.7"} for r in recall.values())
+    evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert 0.0 <= evaluation["mAP"] <= 1.0 and 0.0 <= evaluation["unshared_mAP"] <= 1.0
+    assert set(evaluation["shared"]["ap"]) == {"circle", "square", "triangle"}
+    assert "AP50" in evaluation["shared"]["coco"]
+    step2 = json.loads((repo / "metrics/step2_fast_rcnn.json").read_text())
+    assert step2["iterations"] == 4 and step2["resumed_from"] == 0 and "mAP" in step2
+    # dvc.lock is true: nothing to do.
+    status = run(["dvc", "status", "--json"], repo, env).stdout
+    assert json.loads(status) == {}
+
+
+def test_each_stage_logged_an_mlflow_run(repro_repo: dict) -> None:
+    runs = mlflow_runs(repro_repo["repo"])
+    assert sorted(r.data.tags["stage"] for r in runs) == sorted(STAGES)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    ids = {r.data.tags["pipeline_run_id"] for r in runs}
+    assert len(ids) == 1 and next(iter(ids)).startswith("repro-")
+    by_stage = {r.data.tags["stage"]: r for r in runs}
+    # Stages ran as Prefect flows reporting to the harness.
+    assert all(r.data.tags.get("prefect_flow_run_id") for r in runs)
+    for stage in ("step1_proposals", "step3_proposals"):
+        metrics = by_stage[stage].data.metrics
+        for n in (300, 1000, 2000):
+            for iou in ("0.5", "0.7"):
+                assert 0.0 <= metrics[f"recall/{n}/{iou}"] <= 1.0
+    for stage in ("step2_fast_rcnn", "step4_fast_rcnn"):
+        metrics = by_stage[stage].data.metrics
+        assert {"mAP", "ap/circle", "ap/square", "ap/triangle", "coco/AP", "coco/AP50"} <= set(metrics)
+    evaluate = by_stage["evaluate"].data.metrics
+    assert {"mAP", "unshared_mAP", "shared/ap/circle", "unshared/coco/AP"} <= set(evaluate)
+    assert by_stage["step1_rpn"].data.params["train.step1_rpn.iterations"] == "4"
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repro_repo['repo'].resolve()}/mlflow.db")
+    for stage in ("step1_rpn", "step2_fast_rcnn", "step3_rpn", "step4_fast_rcnn"):
+        history = client.get_metric_history(by_stage[stage].info.run_id, "train/total")
+        assert [m.step for m in history] == [1, 2, 3, 4], stage
+        artifacts = {a.path for a in client.list_artifacts(by_stage[stage].info.run_id, "plots")}
+        assert f"plots/loss.png" in artifacts
+    # The final model went through mlflow.pytorch.log_model.
+    models = client.search_logged_models(experiment_ids=[by_stage["assemble"].info.experiment_id])
+    assert [m.name for m in models if m.source_run_id == by_stage["assemble"].info.run_id] == ["faster_rcnn"]
+
+
+def test_prefect_saw_every_stage_flow(repro_repo: dict, prefect_api: str) -> None:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def names() -> list[tuple[str, str]]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(limit=200)
+            flows = {f.id: f.name for f in await client.read_flows(limit=200)}
+            return [(flows[r.flow_id], r.state.type.value) for r in runs]
+
+    seen = asyncio.run(names())
+    for stage in STAGES:
+        assert (stage, "COMPLETED") in seen, f"no completed Prefect flow run for {stage}: {seen}"
+
+
+STEP3_ITERATIONS = 24
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(repro_repo: dict, env: dict[str, str]) -> dict:
+    """Change step 3's RPN schedule, kill ``dvc repro`` after step 3's first checkpoint, run it again.
+
+    The change touches an RPN-only parameter (step 3's), so the same run also shows
+    which stages a parameter change re-runs.
+    """
+    import torch
+
+    repo = repro_repo["repo"]
+    set_param(repo, "train.step3_rpn.iterations", STEP3_ITERATIONS)
+    set_param(repo, "train.step3_rpn.checkpoint_every", 2)
+    resume_dir = repo / "outputs" / ".resume"
+    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saved = None
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = list(resume_dir.glob("step3_rpn-*.pt"))
+            if found:
+                saved = int(torch.load(found[0], weights_only=True)["train_state"]["iteration"])
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    after_kill = {
+        "step3_output_exists": (repo / "outputs/step3_rpn/model.pt").exists(),
+        "status": json.loads(run(["dvc", "status", "--json"], repo, env).stdout),
+    }
+    rerun = run(["dvc", "repro"], repo, env)
+    return {"repo": repo, "saved": saved, "after_kill": after_kill, "output": rerun.stdout}
+
+
+def test_rpn_parameter_change_reruns_only_dependent_stages(
+    repro_repo: dict, killed_and_resumed: dict, env: dict[str, str]
+) -> None:
+    repo = repro_repo["repo"]
+    # A step-3 RPN parameter: steps 1-2 and their inputs are untouched, step 3 onwards re-run.
+    output = killed_and_resumed["output"]
+    assert ran_stages(output) == ["step3_rpn", "step3_proposals", "step4_fast_rcnn", "assemble", "evaluate"]
+    skipped = set(re.findall(r"Stage '([^']+)' didn't change, skipping", output))
+    assert skipped == {"prepare_data", "init_weights", "step1_rpn", "step1_proposals", "step2_fast_rcnn"}
+    assert json.loads(run(["dvc", "status", "--json"], repo, env).stdout) == {}
+    # An RPN labelling parameter is declared by the two RPN steps only.
+    params = repo / "params.yaml"
+    original = params.read_text()
+    set_param(repo, "model.rpn.positive_iou", 0.65)
+    try:
+        changed = set(json.loads(run(["dvc", "status", "--json"], repo, env).stdout))
+    finally:
+        params.write_text(original)
+    assert changed == {"step1_rpn", "step3_rpn"}
+    # The re-run's MLflow runs form a new pipeline execution (params changed).
+    runs = mlflow_runs(repo)
+    first_id = {r.data.tags["pipeline_run_id"] for r in runs if r.data.tags["stage"] == "step1_rpn"}
+    step3 = [r for r in runs if r.data.tags["stage"] == "step3_rpn"]
+    assert len(step3) == 2 and len({r.data.tags["pipeline_run_id"] for r in step3} - first_id) == 1
+
+
+def test_killed_training_stage_resumes_from_its_checkpoint(killed_and_resumed: dict) -> None:
+    import mlflow
+
+    repo, saved = killed_and_resumed["repo"], killed_and_resumed["saved"]
+    assert saved is not None, "the stage finished or failed before its first checkpoint appeared"
+    assert 2 <= saved < STEP3_ITERATIONS
+    # Killed mid-training: no output a later stage could take as complete, and DVC knows.
+    assert not killed_and_resumed["after_kill"]["step3_output_exists"]
+    assert "step3_rpn" in killed_and_resumed["after_kill"]["status"]
+    # The re-run resumed from the saved iteration (or a later save), not from 0.
+    metrics = json.loads((repo / "metrics/step3_rpn.json").read_text())
+    assert metrics["iterations"] == STEP3_ITERATIONS
+    assert saved <= metrics["resumed_from"] < STEP3_ITERATIONS and metrics["resumed_from"] % 2 == 0
+    assert (repo / "outputs/step3_rpn/model.pt").exists()
+    assert not list((repo / "outputs" / ".resume").glob("step3_rpn-*"))  # removed once published
+    # One MLflow run covers the killed and the resumed part, every iteration logged.
+    runs = [r for r in mlflow_runs(repo) if r.data.tags["stage"] == "step3_rpn"
+            and r.data.params.get("train.step3_rpn.iterations") == str(STEP3_ITERATIONS)]
+    assert len(runs) == 1 and runs[0].data.tags.get("resumed") == "true" and runs[0].info.status == "FINISHED"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo.resolve()}/mlflow.db")
+    steps = {m.step for m in client.get_metric_history(runs[0].info.run_id, "train/total")}
+    assert steps == set(range(1, STEP3_ITERATIONS + 1))
+
+
+def test_pipeline_flow_gives_the_same_files_and_a_true_lock(
+    repro_repo: dict, env: dict[str, str], tmp_path: Path, prefect_api: str
+) -> None:
+    repo = make_repo(tmp_path / "repo", PROFILE)
+    result = run([sys.executable, "-m", "flows.pipeline"], repo, env)
+    summary = result.stdout.strip().splitlines()[-1]
+    assert "'ran': [" + ", ".join(f"'{s}'" for s in STAGES) + "]" in summary
+    # dvc.lock is true: DVC sees nothing to do.
+    assert json.loads(run(["dvc", "status", "--json"], repo, env).stdout) == {}
+    # The same files as under `dvc repro` (CPU training is deterministic for a seed).
+    assert lock_outs(repo) == repro_repo["lock_outs"]
+    # All ten stages share the flow run's id as pipeline_run_id in MLflow.
+    runs = mlflow_runs(repo)
+    assert sorted(r.data.tags["stage"] for r in runs) == sorted(STAGES)
+    flow_run_ids = {r.data.tags["pipeline_run_id"] for r in runs}
+    assert len(flow_run_ids) == 1
+    [flow_run_id] = flow_run_ids
+
+    import asyncio
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    async def check() -> None:
+        async with get_client() as client:
+            parent = await client.read_flow_run(UUID(flow_run_id))
+            assert parent.state.is_completed()
+            flow = await client.read_flow(parent.flow_id)
+            assert flow.name == "faster-rcnn-pipeline"
+
+    asyncio.run(check())
