@@ -16,10 +16,15 @@ the one-off cost of making the cache (= the on-the-fly proposal time).
 
 Usage (from the repository root)::
 
-    python benchmarks/proposal_cache_speed.py                 # self-contained, synthetic data
+    python benchmarks/proposal_cache_speed.py                 # the default profile's settings
     python benchmarks/proposal_cache_speed.py --images 60 --repeats 3
 
-Prints a Markdown table row for BENCHMARKS.md.
+The detector settings (backbone, anchors, RoI batch, proposal counts, input size) come
+from params.yaml (the default profile; ``--params`` for another), the data is that
+profile's synthetic generator with ``--images`` images (seed 0). Each part is timed on
+its own (median over ``--repeats``), and the epoch times are their sums, so that the
+load of a shared machine disturbs the ratio less. Prints a Markdown table row for
+BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.config import AnchorConfig, DetectorConfig, ProposalConfig  # noqa: E402
+from model.config import AnchorConfig, DetectorConfig  # noqa: E402
 from model.data.synthetic import SyntheticSpec, generate_synthetic_voc  # noqa: E402
 from model.data.voc import load_voc  # noqa: E402
 from model.faster_rcnn import FasterRCNN  # noqa: E402
@@ -44,11 +49,12 @@ from model.inference import propose_dataset  # noqa: E402
 from model.proposal_cache import fingerprint_for, load_proposal_cache, save_proposal_cache  # noqa: E402
 from model.checkpoint import save_checkpoint  # noqa: E402
 from model.training import TrainSchedule, train_detector  # noqa: E402
+from tasks.params import dataclass_from, load_params, with_settings  # noqa: E402
 
 
-def build(cfg: DetectorConfig, seed: int) -> FasterRCNN:
+def build(cfg: DetectorConfig, options: dict, seed: int) -> FasterRCNN:
     torch.manual_seed(seed)
-    return FasterRCNN(cfg, {"pool_size": 7})
+    return FasterRCNN(cfg, options)
 
 
 def main() -> int:
@@ -56,31 +62,40 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=40, help="synthetic images (75 %% train)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"), help="profile whose model settings to use")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    # The detector settings, input size and Fast R-CNN batch of the given profile (default:
+    # the committed params.yaml, i.e. the default pipeline profile).
+    params = load_params(args.params)
+    model_params = params["model"]
+    step2 = params["train"]["step2_fast_rcnn"]
     work = Path(tempfile.mkdtemp(prefix="cache-bench-"))
-    spec = SyntheticSpec(num_images=args.images, image_size=(320, 240), seed=0, object_size=(24.0, 200.0))
+    synthetic = dict(params["data"].get("synthetic") or {})
+    synthetic.update(num_images=args.images, seed=0)
+    spec = dataclass_from(SyntheticSpec, synthetic, "data.synthetic")
     root = generate_synthetic_voc(work / "data", spec)
     train = load_voc(root, "trainval")
-    # The default pipeline profile's settings (conf/data/synthetic.yaml, conf/model/efficientnet_lite0.yaml).
-    cfg = DetectorConfig(
-        class_names=train.classes,
-        backbone="efficientnet_lite0",
-        pretrained=True,
-        min_size=240,
-        max_size=320,
-        anchors=AnchorConfig(scales=(2.0, 4.0, 8.0, 16.0)),
-        cache_proposals=ProposalConfig(pre_nms_top_n=-1, post_nms_top_n=300),
+    cfg = with_settings(
+        DetectorConfig(
+            class_names=train.classes,
+            backbone=model_params["backbone"],
+            pretrained=model_params["pretrained"],
+            anchors=AnchorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model_params["anchors"].items()}),
+        ),
+        {"model": {k: model_params[k] for k in ("cache_proposals", "roi")}, "data": {"input": params["data"]["input"]}},
     )
-    rpn_net = build(cfg, 1)  # stands in for step 1's network (own shared convs + RPN)
+    options = dict(model_params.get("backbone_options") or {})
+    rpn_net = build(cfg, options, 1)  # stands in for step 1's network (own shared convs + RPN)
     rpn_path = save_checkpoint(work / "rpn.pt", rpn_net)
     ids = [r.image_id for r in train.records]
-    batches = (len(train.records) + 1) // 2
-    schedule = TrainSchedule(iterations=batches, ims_per_batch=2, flip=False, checkpoint_every=10**9, seed=0)
+    ims = int(step2.get("ims_per_batch") or 2)
+    batches = (len(train.records) + ims - 1) // ims
+    schedule = TrainSchedule(iterations=batches, ims_per_batch=ims, flip=False, checkpoint_every=10**9, seed=0)
 
     def epoch(proposals: dict) -> float:
-        detector = build(cfg, 2)
+        detector = build(cfg, options, 2)
         started = time.perf_counter()
         train_detector(detector, train, proposals, schedule, work / "det.pt", resume=False, progress=False)
         return time.perf_counter() - started
@@ -91,25 +106,29 @@ def main() -> int:
     cache_path = save_proposal_cache(work / "train.pt", made, fingerprint_for(rpn_path, cfg.cache_proposals, ids))
     cache_build = time.perf_counter() - started
 
-    cached, fly = [], []
+    rows = {"load": [], "propose": [], "train_cached": [], "train_fly": []}
     for _ in range(args.repeats):
         started = time.perf_counter()
         cache = load_proposal_cache(cache_path, fingerprint_for(rpn_path, cfg.cache_proposals, ids))
-        load = time.perf_counter() - started
-        cached.append(load + epoch(cache.boxes()))
-
+        rows["load"].append(time.perf_counter() - started)
+        rows["train_cached"].append(epoch(cache.boxes()))
         started = time.perf_counter()
         fresh = propose_dataset(rpn_net, train, cfg.cache_proposals, progress=False)
-        propose = time.perf_counter() - started
-        fly.append(propose + epoch({k: boxes for k, (boxes, _) in fresh.items()}))
+        rows["propose"].append(time.perf_counter() - started)
+        rows["train_fly"].append(epoch({k: boxes for k, (boxes, _) in fresh.items()}))
 
-    c, f = statistics.median(cached), statistics.median(fly)
-    cpu = platform.processor() or platform.machine()
-    print(f"train images {len(train.records)}, {batches} iterations of 2 images, {args.threads} threads, {cpu}")
-    print(f"cache build (once): {cache_build:.1f} s; cached epochs: {[round(x, 1) for x in cached]}; on-the-fly epochs: {[round(x, 1) for x in fly]}")
-    print("| train images | epoch, cached (s) | epoch, proposals on the fly (s) | ratio | cache build, once (s) |")
-    print("|---|---|---|---|---|")
-    print(f"| {len(train.records)} | {c:.1f} | {f:.1f} | {f / c:.2f}x | {cache_build:.1f} |")
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    cached = med["load"] + med["train_cached"]
+    fly = med["propose"] + med["train_fly"]
+    print(f"{len(train.records)} train images, {batches} iterations of {ims} images, "
+          f"{cfg.roi.batch_size_per_image} RoIs per image, input {cfg.min_size}/{cfg.max_size}, "
+          f"{args.threads} threads, {platform.machine()}")
+    print("raw seconds:", {k: [round(x, 2) for x in v] for k, v in rows.items()}, f"cache build {cache_build:.1f}")
+    print("| train images | cache load (s) | proposals on the fly (s) | detector training (s), cached / on the fly "
+          "| epoch, cached (s) | epoch, on the fly (s) | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {len(train.records)} | {med['load']:.3f} | {med['propose']:.1f} | "
+          f"{med['train_cached']:.1f} / {med['train_fly']:.1f} | {cached:.1f} | {fly:.1f} | {fly / cached:.2f}x |")
     return 0
 
 

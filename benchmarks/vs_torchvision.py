@@ -8,9 +8,12 @@ trunk (with its input normalisation) as torchvision's ``backbone`` (``out_channe
 a copy of our backbone's detector ``top`` as ``box_head``, RoIPool of the same size (a small
 adapter, since torchvision's heads expect ``MultiScaleRoIAlign``'s call), the same nine
 anchors (sizes 128/256/512 x ratios 0.5/1/2, stride 16) and the paper's proposal counts.
-Differences that remain and are printed: torchvision's RPN scores each anchor with one
-sigmoid logit (ours: two-way softmax), and its ``min_size`` filter on proposals is 1e-3 px
-(ours 16 px at the original scale).
+Our RPN head is shared too: torchvision's RPN gets ``sigmoid(l_object - l_background)`` of
+our two-way logits, the same probability as our softmax. Differences that remain and are
+printed: torchvision's anchors are centred on (0, 0) with its own rounding (ours are
+py-faster-rcnn's, centred on (7.5, 7.5)), it pads inputs to a multiple of 32, trains the RPN
+with a binary cross-entropy on that one logit, and its ``min_size`` filter on proposals is
+1e-3 px (ours 16 px at the original scale).
 
 Inference: ms per image, from the original uint8 image to detections (our
 ``prepare_image`` + ``detect``; torchvision's forward including its own resize).
@@ -74,6 +77,30 @@ class RoIPoolAdapter(MultiScaleRoIAlign):
         return roi_pool(features["0"], proposals, self.pool_size, self.spatial_scale)
 
 
+class SharedRPNHead(nn.Module):
+    """Our RPN head behind torchvision's RPN-head call, giving the same scores and deltas.
+
+    torchvision scores an anchor with one logit through a sigmoid; ours with two through a
+    softmax. ``sigmoid(l_object - l_background)`` equals the softmax's object probability,
+    so feeding that difference makes both RPNs rank and regress identically.
+    """
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        objectness, deltas = [], []
+        for x in features:
+            hidden = self.head.relu(self.head.conv(x))
+            logits = self.head.cls(hidden)  # [N, 2A, H, W], channel c*A + a
+            n, _, height, width = logits.shape
+            logits = logits.view(n, 2, self.head.num_anchors, height, width)
+            objectness.append(logits[:, 1] - logits[:, 0])  # [N, A, H, W]
+            deltas.append(self.head.reg(hidden))  # [N, 4A, H, W], anchor-major like torchvision
+        return objectness, deltas
+
+
 class FlattenTop(nn.Module):
     """Our detector ``top`` maps ``[R, C, p, p]`` -> ``[R, D]``, exactly a torchvision box head."""
 
@@ -94,7 +121,8 @@ def build_ours(args: argparse.Namespace) -> FasterRCNN:
         max_size=args.max_size,
     )
     torch.manual_seed(0)
-    return FasterRCNN(cfg)
+    options = {"pool_size": args.pool_size} if args.pool_size else {}
+    return FasterRCNN(cfg, options)
 
 
 def build_theirs(ours: FasterRCNN) -> TorchvisionFasterRCNN:
@@ -112,6 +140,7 @@ def build_theirs(ours: FasterRCNN) -> TorchvisionFasterRCNN:
         image_mean=[0.0, 0.0, 0.0],
         image_std=[1.0, 1.0, 1.0],
         rpn_anchor_generator=anchors,
+        rpn_head=SharedRPNHead(copy.deepcopy(ours.rpn.head)),
         rpn_pre_nms_top_n_train=cfg.train_proposals.pre_nms_top_n,
         rpn_post_nms_top_n_train=cfg.train_proposals.post_nms_top_n,
         rpn_pre_nms_top_n_test=cfg.test_proposals.pre_nms_top_n,
@@ -154,8 +183,9 @@ def print_settings(ours: FasterRCNN, theirs: TorchvisionFasterRCNN, args: argpar
     print(f"RoI: RoIPool {ours.backbone.pool_size}x{ours.backbone.pool_size} both; "
           f"{cfg.roi.batch_size_per_image} RoIs/image, fg {cfg.roi.foreground_fraction} both; "
           f"RPN batch {cfg.rpn.batch_size_per_image} both")
-    print("differences: torchvision RPN = 1 sigmoid logit/anchor (ours 2-way softmax); "
-          "its proposal min size 1e-3 px (ours 16 px x scale)")
+    print("same RPN head weights (theirs scores sigmoid(l_obj - l_bg) = our softmax); differences: "
+          "their anchors centred on 0 (ours py-faster-rcnn's), inputs padded to /32, BCE RPN loss, "
+          "proposal min size 1e-3 px (ours 16 px x scale)")
 
 
 def make_images(args: argparse.Namespace) -> tuple[list[np.ndarray], list[Tensor], list[Tensor]]:
@@ -272,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="efficientnet_lite0",
                         choices=("efficientnet_lite0", "efficientnet_lite2", "vgg16", "zf"))
+    parser.add_argument("--pool-size", type=int, default=None,
+                        help="RoIPool size for efficientnet_lite* (backbone option; default 14)")
     parser.add_argument("--min-size", type=int, default=600)
     parser.add_argument("--max-size", type=int, default=1000)
     parser.add_argument("--images", type=int, default=4, help="number of images (even)")
@@ -290,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--amp needs --device cuda")
     if args.images < 2 or args.images % 2:
         parser.error("--images must be an even number >= 2 (training steps use pairs)")
+    if args.pool_size and not args.backbone.startswith("efficientnet_lite"):
+        parser.error("--pool-size applies to efficientnet_lite* backbones only")
     if args.threads:
         torch.set_num_threads(args.threads)
 

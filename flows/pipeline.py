@@ -29,7 +29,7 @@ from typing import Any
 
 import flows  # noqa: F401  (Prefect defaults before prefect is imported)
 from flows.runtime import call_flow, run_flow
-from flows.stage import STAGE_FLOWS
+from flows.stage import STAGE_FLOWS, configure_threads
 from prefect import flow, get_run_logger
 
 from tasks.layout import STAGES, workspace
@@ -117,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=tiny train=tiny")
     parser.add_argument("--force", action="store_true", help="run every stage even if up to date")
     args = parser.parse_args(argv)
+    configure_threads()
     result = run_flow(pipeline_flow, overrides=args.overrides or None, force=args.force)
     print(result)
     return 0

@@ -7,6 +7,7 @@ the stage's task. Run from the repository root (DVC does).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -113,10 +114,25 @@ STAGE_FLOWS: dict[str, Callable[..., Any]] = {
 assert tuple(STAGE_FLOWS) == STAGES == tuple(STAGE_PARAMS)
 
 
+def configure_threads() -> None:
+    """``FRCNN_THREADS=n`` sets torch's CPU threads (default: torch's own choice, one per core).
+
+    On a machine shared with other jobs, 1 thread can beat 2 (oversubscription); like
+    the device, the thread count is not a DVC param (the results do not depend on it
+    beyond float rounding).
+    """
+    value = os.environ.get("FRCNN_THREADS", "").strip()
+    if value:
+        import torch
+
+        torch.set_num_threads(int(value))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.stage", description="Run one pipeline stage as a Prefect flow.")
     parser.add_argument("stage", choices=STAGES)
     args = parser.parse_args(argv)
+    configure_threads()
     run_flow(STAGE_FLOWS[args.stage])
     return 0
 

@@ -86,6 +86,10 @@ def test_learning_rate_schedule_worked_by_hand() -> None:
     s = TrainSchedule(iterations=7, base_lr=1e-3, lr_steps=(3, 5), gamma=0.1)
     got = [s.learning_rate(i) for i in range(7)]
     assert got == pytest.approx([1e-3, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5], rel=1e-9)
+    # Optional linear warm-up (not in the original; off by default) from 0.5 x lr over 4 iterations.
+    w = TrainSchedule(iterations=6, base_lr=1e-3, warmup_iterations=4, warmup_factor=0.5)
+    got = [w.learning_rate(i) for i in range(6)]
+    assert got == pytest.approx([5e-4, 6.25e-4, 7.5e-4, 8.75e-4, 1e-3, 1e-3], rel=1e-9)
 
 
 def test_rpn_loss_decreases_and_checkpoint_holds_bias_factor(dataset: DetectionDataset, tmp_path: Path) -> None:
