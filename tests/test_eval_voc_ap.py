@@ -339,3 +339,19 @@ def test_nan_box_is_a_false_positive_not_a_crash():
     result = run(ground_truth, [("a", 0.9, (math.nan, 0, 9, 9)), ("a", 0.8, (0, 0, 9, 9))])
     assert result.false_positive.tolist() == [True, False]
     assert result.ap == pytest.approx(0.5)
+
+
+def test_detections_of_a_class_without_any_ground_truth_do_not_crash():
+    """A class with detections but no gt box at all: AP undefined (NaN, left out of the mAP)."""
+    dataset = DetectionDataset(
+        Path("."), ("a", "b"),
+        [ImageRecord("i1", Path("i1.jpg"), 100, 100, (ObjectAnnotation("a", (0.0, 0.0, 10.0, 10.0)),))],
+    )
+    detections = {"i1": Detections(
+        torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 20.0, 20.0]]), torch.tensor([0.9, 0.8]), torch.tensor([1, 2]),
+    )}
+    result = evaluate_voc(dataset, detections)
+    assert result.ap["a"] == 1.0 or abs(result.ap["a"] - 1.0) < 1e-9
+    assert math.isnan(result.ap["b"])
+    assert abs(result.mAP - result.ap["a"]) < 1e-12
+    assert result.curves["b"].false_positive.tolist() == [True]

@@ -171,6 +171,8 @@ def _match(
     ``det_image`` ``[D]`` int, ``det_boxes`` ``[D, 4]``.
     """
     num_dets = det_image.shape[0]
+    if gt_boxes.shape[0] == 0:  # nothing to match: every detection is a false positive
+        return np.zeros(num_dets, dtype=bool), np.ones(num_dets, dtype=bool)
     starts = np.searchsorted(gt_image, det_image, side="left")
     counts = np.searchsorted(gt_image, det_image, side="right") - starts
     # Every (detection, ground truth of the same image) pair, grouped by detection.
