@@ -21,8 +21,6 @@ shared weights and nothing is lost by not comparing them.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from model.atomic import atomic_torch_save
 from model.config import DetectorConfig
 from model.faster_rcnn import FasterRCNN
 
@@ -62,17 +61,7 @@ def save_checkpoint(
         "extra": dict(extra or {}),
         "train_state": train_state,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(content, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(content, path)
     return path
 
 

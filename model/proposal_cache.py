@@ -31,8 +31,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from model.atomic import atomic_torch_save
 
 FORMAT = "frcnn-proposals/1"
 _KEYS = ("format", "fingerprint", "image_ids", "counts", "boxes", "scores", "checksum")
@@ -221,17 +221,7 @@ def save_proposal_cache(
         "scores": scores_t,
         "checksum": _checksum(image_ids, counts_t, boxes_t, scores_t),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(content, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(content, path)
     return path
 
 

@@ -9,36 +9,15 @@ reads.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
-@contextlib.contextmanager
-def atomic_path(target: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success rename it to ``target``.
-
-    The caller writes the temporary path however it likes (``torch.save``,
-    ``savefig``, ...). On an exception the temporary file is removed and ``target``
-    is left as it was.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        _fsync_file(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+from model.atomic import atomic_path
 
 
 def write_bytes(target: Path | str, data: bytes) -> Path:
@@ -91,7 +70,3 @@ def publish_directory(target: Path | str, fill: Callable[[Path], None]) -> Path:
         raise
     return target
 
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())

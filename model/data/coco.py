@@ -34,11 +34,11 @@ import logging
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from model.atomic import atomic_write_text
 from model.data.records import DatasetError, DetectionDataset, ImageRecord, ObjectAnnotation
 
 if TYPE_CHECKING:  # model.data imports no torch; detections arrive already built
@@ -112,22 +112,10 @@ def detections_to_coco(dataset: DetectionDataset, detections: Mapping[str, Detec
     return results
 
 
-def _atomic_write_json(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_coco_json(dataset: DetectionDataset, path: Path, include_difficult: bool = True) -> Path:
     """Write ``dataset_to_coco(dataset)`` to ``path`` atomically; returns ``path``."""
     path = Path(path)
-    _atomic_write_json(dataset_to_coco(dataset, include_difficult=include_difficult), path)
+    atomic_write_text(path, json.dumps(dataset_to_coco(dataset, include_difficult=include_difficult), allow_nan=False))
     return path
 
 

@@ -12,14 +12,14 @@ file order, so scores are written with six; coordinates keep one decimal.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from model.atomic import atomic_write_text
 
 if TYPE_CHECKING:  # imported where needed: reading and scoring files needs no torch
     from model.detections import Detections
@@ -36,18 +36,6 @@ def _check_token(value: str, what: str) -> None:
     """Image ids, class names and image-set names become file names or space-separated fields."""
     if not value or any(c.isspace() for c in value) or "/" in value or "\\" in value or "\x00" in value:
         raise ValueError(f"{what} {value!r} cannot appear in a results file name or line")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_voc_results(
@@ -85,7 +73,7 @@ def write_voc_results(
     paths = []
     for name, class_lines in zip(class_names, lines):
         path = out_dir / results_file_name(image_set, name)
-        _atomic_write_text(path, "".join(class_lines))
+        atomic_write_text(path, "".join(class_lines))
         paths.append(path)
     return paths
 
