@@ -123,3 +123,25 @@ def test_resume_key_follows_params_and_input_bytes(tmp_path: Path, monkeypatch: 
     checkpoint.write_bytes(b"v2")
     assert resume.resume_files("step1_rpn", changed, [checkpoint]).key != second.key
     assert sorted(os.listdir("outputs/.resume")) == []
+
+
+def test_detections_of_a_class_without_ground_truth_do_not_break_scoring() -> None:
+    import math
+
+    import torch
+
+    from model.data.records import DetectionDataset, ImageRecord, ObjectAnnotation
+    from model.detections import Detections
+    from tasks.evaluate import score_detections
+
+    # One image, one "a" box; the detector also fires for "b", which has no ground truth.
+    dataset = DetectionDataset(
+        Path("."), ("a", "b"), [ImageRecord("i1", Path("i1.jpg"), 100, 100, (ObjectAnnotation("a", (0, 0, 10, 10)),))]
+    )
+    detections = {"i1": Detections(torch.tensor([[0.0, 0, 10, 10], [5.0, 5, 20, 20]]), torch.tensor([0.9, 0.8]),
+                                   torch.tensor([1, 2]))}
+    metrics, voc = score_detections(dataset, detections, "voc07")
+    assert metrics["ap"]["a"] == pytest.approx(1.0) and metrics["ap"]["b"] is None
+    assert metrics["mAP"] == pytest.approx(1.0)
+    assert math.isnan(voc.ap["b"])
+    assert "AP50" in metrics["coco"]
