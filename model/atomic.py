@@ -47,5 +47,8 @@ def atomic_torch_save(content: Any, target: Path | str) -> Path:
     import torch
 
     with atomic_path(target) as tmp:
-        torch.save(content, tmp)
+        # Through a file object: given a path, torch names the zip's inner folder after the
+        # (random) temporary file name, so equal content would give different bytes and hashes.
+        with open(tmp, "wb") as handle:
+            torch.save(content, handle)
     return Path(target)

@@ -126,3 +126,13 @@ def test_assemble_model_refuses_different_architectures(tmp_path: Path) -> None:
     p2 = save_checkpoint(tmp_path / "two.pt", make_model(2, classes=("a", "b")))
     with pytest.raises(CheckpointError, match=r"three\.pt.*two\.pt.*class_names"):
         assemble_model(p1, p2)
+
+
+def test_equal_content_gives_identical_bytes(tmp_path):
+    """DVC hashes outputs: saving the same content twice must give the same file bytes."""
+    from model.atomic import atomic_torch_save
+
+    content = {"a": torch.arange(6.0).reshape(2, 3), "name": "x"}
+    first = atomic_torch_save(content, tmp_path / "one.pt").read_bytes()
+    second = atomic_torch_save(content, tmp_path / "two.pt").read_bytes()
+    assert first == second
