@@ -98,7 +98,8 @@ def cache_proposals(stage: str, params: Mapping[str, Any]) -> dict[str, Any]:
             metrics.update(recall_metrics(result, ious))
             plots.recall_vs_iou(
                 result.top_ns, result.iou_thresholds, result.recall, layout.plot(stage, "recall_vs_iou"),
-                f"{rpn_stage} proposals on the test split",
+                f"{rpn_stage} proposals on the test split "
+                f"({'all' if cfg.post_nms_top_n <= 0 else f'at most {cfg.post_nms_top_n}'} cached per image)",
             )
     write_json(layout.metrics(stage), metrics)
     return metrics
