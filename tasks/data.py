@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
+from tqdm.auto import tqdm
 from prefect.cache_policies import NO_CACHE
 
 from model.data.loading import load_dataset
@@ -58,7 +59,7 @@ def dataset_digest(dataset: DetectionDataset) -> str:
     """sha256 over the parsed records (ids, sizes, objects) and every image file's bytes."""
     hasher = hashlib.sha256()
     hasher.update(json.dumps(list(dataset.classes)).encode("utf-8"))
-    for record in dataset.records:
+    for record in tqdm(dataset.records, desc="hash images", dynamic_ncols=True, leave=False):
         objects = [[o.name, list(o.box), o.difficult] for o in record.objects]
         hasher.update(json.dumps([record.image_id, record.width, record.height, objects]).encode("utf-8"))
         with open(record.path, "rb") as handle:
