@@ -28,12 +28,29 @@ from pathlib import Path
 from typing import Any
 
 import flows  # noqa: F401  (Prefect defaults before prefect is imported)
-from flows.runtime import call_flow, run_flow
-from flows.stage import STAGE_FLOWS, configure_threads
+from flows.runtime import call_flow, in_flow_run, run_flow
+from flows.stage import configure_threads, stage_call, stage_params
 from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.layout import STAGES, workspace
+from tasks import ablations
+from tasks.layout import ABLATION_ROW_STAGE, STAGES, workspace
 from tasks.tracking import PIPELINE_RUN_ENV
+
+WORKERS_ENV = "FRCNN_ABLATION_WORKERS"
+
+
+def ablation_workers() -> int:
+    """How many ablation rows the flow evaluates at once (``FRCNN_ABLATION_WORKERS``, default 1).
+
+    The rows are independent tests of trained models; on a GPU worker several fit at
+    once. On two CPU cores one at a time is fastest (they would share the cores).
+    """
+    value = os.environ.get(WORKERS_ENV, "1").strip() or "1"
+    workers = int(value)
+    if workers < 1:
+        raise ValueError(f"{WORKERS_ENV}={value!r}: expected a positive integer")
+    return workers
 
 
 def compose_params(root: Path, overrides: Sequence[str]) -> None:
@@ -68,7 +85,23 @@ def _logger() -> Any:
         return logging.getLogger("flows.pipeline")
 
 
-@flow(name="faster-rcnn-pipeline")
+def _is_row(stage: str) -> bool:
+    return stage.startswith(f"{ABLATION_ROW_STAGE}@")
+
+
+def run_rows_concurrently(root: Path, rows: list[str], log: Any) -> None:
+    """Evaluate the stale ablation rows as concurrent Prefect task runs, then commit each."""
+    futures = {}
+    for stage in rows:
+        key = stage.split("@", 1)[1]
+        futures[stage] = ablations.ablation_row_task.submit(key, stage_params(stage))
+    log.info("evaluating %d ablation rows, %d at a time", len(rows), ablation_workers())
+    for stage, future in futures.items():
+        future.result()
+        commit_stage(root, stage)
+
+
+@flow(name="faster-rcnn-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=ablation_workers()))
 def pipeline_flow(
     repo: str | None = None,
     overrides: list[str] | None = None,
@@ -92,18 +125,29 @@ def pipeline_flow(
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
     ran, skipped = [], []
+    concurrent_rows = in_flow_run() and ablation_workers() > 1
+    pending_rows: list[str] = []
     for stage in STAGES:
         if stage not in wanted:
             continue
+        if pending_rows and not _is_row(stage):
+            run_rows_concurrently(root, pending_rows, log)
+            pending_rows = []
         status = stale_stages(root, stage)
         if not force and not status:
             log.info("stage %s is up to date, skipping", stage)
             skipped.append(stage)
             continue
         log.info("running stage %s (%s)", stage, "forced" if force and not status else status)
-        call_flow(STAGE_FLOWS[stage])
-        commit_stage(root, stage)
         ran.append(stage)
+        if concurrent_rows and _is_row(stage):
+            pending_rows.append(stage)  # every row's inputs are ready: the model stages came first
+            continue
+        flow_fn, args = stage_call(stage)
+        call_flow(flow_fn, *args)
+        commit_stage(root, stage)
+    if pending_rows:
+        run_rows_concurrently(root, pending_rows, log)
     leftover: dict[str, Any] = {}
     for stage in wanted:
         leftover.update(stale_stages(root, stage))

@@ -16,8 +16,20 @@ import flows  # noqa: F401  (Prefect defaults before prefect is imported)
 from flows.runtime import call, run_flow
 from prefect import flow
 
-from tasks import assemble, data, evaluate, proposals, train, weights
-from tasks.layout import STAGES
+from tasks import (
+    ablation_report,
+    ablations,
+    assemble,
+    data,
+    evaluate,
+    one_stage,
+    proposal_recall,
+    proposals,
+    ss_proposals,
+    train,
+    weights,
+)
+from tasks.layout import ROW_KEYS, STAGES, row_stage
 from tasks.params import load_params, select
 
 #: dvc.yaml ``params:`` of every stage.
@@ -32,6 +44,13 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "step4_fast_rcnn": train.DETECTOR_PARAMS["step4_fast_rcnn"],
     "assemble": assemble.PARAMS,
     "evaluate": evaluate.PARAMS,
+    "ss_proposals": ss_proposals.PARAMS,
+    "ss_fast_rcnn": train.DETECTOR_PARAMS["ss_fast_rcnn"],
+    "strong_rpn": train.RPN_PARAMS["strong_rpn"],
+    "one_stage": one_stage.PARAMS,
+    **{row_stage(key): ablations.PARAMS for key in ROW_KEYS},
+    "proposal_recall": proposal_recall.PARAMS,
+    "ablation_report": ablation_report.PARAMS,
 }
 
 
@@ -99,6 +118,42 @@ def evaluate_flow() -> dict[str, Any]:
     return call(evaluate.evaluate_task, stage_params("evaluate"))
 
 
+@flow(name="ss_proposals")
+def ss_proposals_flow() -> dict[str, Any]:
+    return call(ss_proposals.ss_proposals_task, stage_params("ss_proposals"))
+
+
+@flow(name="ss_fast_rcnn")
+def ss_fast_rcnn_flow() -> dict[str, Any]:
+    return call(train.train_step_task, "ss_fast_rcnn", stage_params("ss_fast_rcnn"))
+
+
+@flow(name="strong_rpn")
+def strong_rpn_flow() -> dict[str, Any]:
+    return call(train.train_step_task, "strong_rpn", stage_params("strong_rpn"))
+
+
+@flow(name="one_stage")
+def one_stage_flow() -> dict[str, Any]:
+    return call(one_stage.one_stage_task, stage_params("one_stage"))
+
+
+@flow(name="ablation_row", flow_run_name="ablation@{row}")
+def ablation_row_flow(row: str) -> dict[str, Any]:
+    """One row of the ablation table (DVC stage ``ablation@<row>``)."""
+    return call(ablations.ablation_row_task, row, stage_params(row_stage(row)))
+
+
+@flow(name="proposal_recall")
+def proposal_recall_flow() -> dict[str, Any]:
+    return call(proposal_recall.proposal_recall_task, stage_params("proposal_recall"))
+
+
+@flow(name="ablation_report")
+def ablation_report_flow() -> dict[str, Any]:
+    return call(ablation_report.ablation_report_task, stage_params("ablation_report"))
+
+
 STAGE_FLOWS: dict[str, Callable[..., Any]] = {
     "prepare_data": prepare_data_flow,
     "init_weights": init_weights_flow,
@@ -110,8 +165,21 @@ STAGE_FLOWS: dict[str, Callable[..., Any]] = {
     "step4_fast_rcnn": step4_fast_rcnn_flow,
     "assemble": assemble_flow,
     "evaluate": evaluate_flow,
+    "ss_proposals": ss_proposals_flow,
+    "ss_fast_rcnn": ss_fast_rcnn_flow,
+    "strong_rpn": strong_rpn_flow,
+    "one_stage": one_stage_flow,
+    **{row_stage(key): ablation_row_flow for key in ROW_KEYS},
+    "proposal_recall": proposal_recall_flow,
+    "ablation_report": ablation_report_flow,
 }
 assert tuple(STAGE_FLOWS) == STAGES == tuple(STAGE_PARAMS)
+
+
+def stage_call(stage: str) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """The flow that runs ``stage`` and its arguments (the row key for ``ablation@<row>``)."""
+    flow_fn = STAGE_FLOWS[stage]
+    return flow_fn, ((stage.split("@", 1)[1],) if "@" in stage else ())
 
 
 def configure_threads() -> None:
@@ -133,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("stage", choices=STAGES)
     args = parser.parse_args(argv)
     configure_threads()
-    run_flow(STAGE_FLOWS[args.stage])
+    flow_fn, flow_args = stage_call(args.stage)
+    run_flow(flow_fn, *flow_args)
     return 0
 
 

@@ -44,6 +44,7 @@ value is kept in ``PAPER_RESULTS`` as ``one_stage_5_scales``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -235,7 +236,95 @@ ABLATION_ROWS: tuple[AblationRow, ...] = (
     ),
 )
 
-ABLATION_ROWS_BY_KEY: Mapping[str, AblationRow] = MappingProxyType({row.key: row for row in ABLATION_ROWS})
+# The proposal-count sweep (Table 2's other rows, and the counts it leaves out): the same
+# SS-trained detector tested on N of SS's or the unshared RPN's proposals. The paper has
+# no number for SS 1000 / 300 nor RPN 2000 at test: ``paper_map`` NaN, so the report has
+# no paper change for them.
+SWEEP_ROWS: tuple[AblationRow, ...] = (
+    AblationRow(
+        key="ss_test_2000",
+        label="SS train, SS test 2000",
+        paper_map=PAPER_RESULTS["ss_train_ss_test"],
+        paper_baseline_key="ss_rpn_test",
+        description="SS-trained detector; selective search's 2000 at test (Fast R-CNN's own setting)",
+        kind="test",
+        proposal_source="ss",
+        detector="ss",
+        proposal_cfg={"post_nms_top_n": 2000},
+    ),
+    AblationRow(
+        key="ss_test_1000",
+        label="SS train, SS test 1000",
+        paper_map=math.nan,
+        paper_baseline_key="ss_test_2000",
+        description="SS-trained detector; selective search's first 1000 at test",
+        kind="test",
+        proposal_source="ss",
+        detector="ss",
+        proposal_cfg={"post_nms_top_n": 1000},
+    ),
+    AblationRow(
+        key="ss_test_300",
+        label="SS train, SS test 300",
+        paper_map=math.nan,
+        paper_baseline_key="ss_test_2000",
+        description="SS-trained detector; selective search's first 300 at test",
+        kind="test",
+        proposal_source="ss",
+        detector="ss",
+        proposal_cfg={"post_nms_top_n": 300},
+    ),
+    AblationRow(
+        key="rpn_test_2000",
+        label="SS train, RPN test 2000",
+        paper_map=math.nan,
+        paper_baseline_key="ss_rpn_test",
+        description="SS-trained detector; the unshared RPN's top 2000 at test",
+        kind="test",
+        proposal_source="rpn_unshared",
+        detector="ss",
+        proposal_cfg={"post_nms_top_n": 2000},
+    ),
+    AblationRow(
+        key="rpn_test_1000",
+        label="SS train, RPN test 1000",
+        paper_map=PAPER_RESULTS["ss_rpn_test_1000"],
+        paper_baseline_key="ss_rpn_test",
+        description="SS-trained detector; the unshared RPN's top 1000 at test",
+        kind="test",
+        proposal_source="rpn_unshared",
+        detector="ss",
+        proposal_cfg={"post_nms_top_n": 1000},
+    ),
+    AblationRow(
+        key="no_cls_random_300",
+        label="no cls, random 300",
+        paper_map=PAPER_RESULTS["no_cls_random_300"],
+        paper_baseline_key="ss_rpn_test",
+        description="SS-trained detector; 300 boxes drawn at random from the RPN's boxes "
+        "(no cls: no ranking, no NMS)",
+        kind="test",
+        proposal_source="rpn_unshared",
+        detector="ss",
+        proposal_cfg={"pre_nms_top_n": -1, "post_nms_top_n": 300, "use_nms": False, "ranking": "random"},
+    ),
+    AblationRow(
+        key="no_reg_1000",
+        label="no reg, 1000",
+        paper_map=PAPER_RESULTS["no_reg_1000"],
+        paper_baseline_key="ss_rpn_test",
+        description="SS-trained detector; the anchors themselves as proposals (no reg), top 1000 by score",
+        kind="test",
+        proposal_source="rpn_unshared",
+        detector="ss",
+        proposal_cfg={"use_regression": False, "post_nms_top_n": 1000},
+    ),
+)
+
+#: Every row the pipeline evaluates: the issue's table, then the sweep.
+ALL_ROWS: tuple[AblationRow, ...] = ABLATION_ROWS + SWEEP_ROWS
+
+ABLATION_ROWS_BY_KEY: Mapping[str, AblationRow] = MappingProxyType({row.key: row for row in ALL_ROWS})
 
 
 def ablation_row(key: str) -> AblationRow:
@@ -246,10 +335,17 @@ def ablation_row(key: str) -> AblationRow:
         raise KeyError(f"unknown ablation row {key!r}; known: {list(ABLATION_ROWS_BY_KEY)}") from None
 
 
+#: The paper's test-time proposal counts (6000 -> NMS -> 300). Every row starts from them,
+#: whatever a profile's own ``test_proposals`` counts are (the synthetic profile tests on
+#: 100), so that "top-100", "1000" and "no NMS 6000" mean what they mean in Table 2.
+PAPER_TEST_COUNTS: Mapping[str, int] = MappingProxyType({"pre_nms_top_n": 6000, "post_nms_top_n": 300})
+
+
 def ablation_proposal_config(row: AblationRow, base: ProposalConfig) -> ProposalConfig:
-    """``base`` (the test proposal settings) with ``row``'s overrides applied; ``base`` is not changed."""
+    """``base`` (the test proposal settings: NMS threshold, minimum size) with the paper's
+    counts (``PAPER_TEST_COUNTS``), then ``row``'s overrides; ``base`` is not changed."""
     _check_overrides(row.key, row.proposal_cfg)
-    return dataclasses.replace(base, **dict(row.proposal_cfg))
+    return dataclasses.replace(base, **{**PAPER_TEST_COUNTS, **dict(row.proposal_cfg)})
 
 
 def check_rows(rows: Sequence[AblationRow]) -> None:
@@ -263,4 +359,4 @@ def check_rows(rows: Sequence[AblationRow]) -> None:
         raise ValueError(f"ablation rows name baselines that are not rows: {missing}")
 
 
-check_rows(ABLATION_ROWS)
+check_rows(ALL_ROWS)

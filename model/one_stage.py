@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from model.anchors import generate_anchors, shift_anchors
+from model.atomic import atomic_torch_save
 from model.backbones import build_backbone
 from model.boxes import box_iou
 from model.config import DetectorConfig, RPNConfig, TestConfig
@@ -350,9 +351,7 @@ def save_one_stage(path: Path | str, model: OneStageDetector, extra: dict[str, A
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": dict(extra or {}),
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(content, tmp)
-    tmp.replace(path)
+    atomic_torch_save(content, path)
 
 
 def load_one_stage(path: Path | str, map_location: str | torch.device = "cpu") -> OneStageDetector:

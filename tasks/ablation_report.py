@@ -12,7 +12,7 @@ tolerance is applied: the paper's numbers are given to 0.1 and ours are unrounde
 ``signs agree`` is pandas' nullable boolean: NA when either change is missing (a row or its
 baseline was not run, or the row is the study's baseline and has no change).
 
-The builder functions are plain; ``build_report_task`` is the Prefect wrapper; MLflow is
+The builder functions are plain; ``ablation_report_task`` is the stage's Prefect task; MLflow is
 imported only inside ``log_report_to_mlflow``.
 """
 from __future__ import annotations
@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from model.atomic import atomic_path
-from model.ablations import ABLATION_ROWS, AblationRow, check_rows
+from model.ablations import ABLATION_ROWS, ALL_ROWS, AblationRow, check_rows
 
 COLUMNS = ("row", "what changes", "paper mAP", "paper change", "our mAP (%)", "our change", "signs agree")
 UNITS = ("auto", "fraction", "percent")
@@ -145,10 +146,9 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def _plot(table: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from tasks.plots import _save as save_png
 
     labels = list(table["row"])
     positions = np.arange(len(labels))
@@ -169,9 +169,10 @@ def _plot(table: pd.DataFrame, path: Path) -> None:
         ax.set_title("Ablations: paper vs ours")
         ax.legend(loc="upper right", fontsize=8)
         fig.tight_layout()
-        fig.savefig(path, format="png", dpi=100)
-    finally:
+    except BaseException:
         plt.close(fig)
+        raise
+    save_png(fig, path)
 
 
 def write_report(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
@@ -186,7 +187,7 @@ def write_report(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     )
     _atomic_write(paths["markdown"], lambda p: p.write_text(markdown, encoding="utf-8"))
     _atomic_write(paths["csv"], lambda p: table.to_csv(p, index=True))
-    _atomic_write(paths["png"], lambda p: _plot(table, p))
+    _plot(table, paths["png"])
     return paths
 
 
@@ -228,17 +229,68 @@ def log_report_to_mlflow(table: pd.DataFrame, paths: Mapping[str, Path], artifac
         _log()
 
 
-@task(name="ablation-report")
-def build_report_task(
-    ours: Mapping[str, float],
-    out_dir: str,
-    unit: str = "auto",
-    log_to_mlflow: bool = False,
-) -> dict[str, str]:
-    """Prefect task: build the table from ``ours`` (row key -> mAP), write the report into
-    ``out_dir``, optionally log it to MLflow; returns the written paths as strings."""
-    table = build_ablation_table(ours, unit=unit)
-    paths = write_report(table, out_dir)
-    if log_to_mlflow:
+# ----------------------------------------------------------------------------- the stage
+STAGE = "ablation_report"
+PARAMS: tuple[str, ...] = ()  # reads only the rows' metrics files
+
+
+def read_row_results(rows: Sequence[AblationRow] = ALL_ROWS) -> dict[str, float]:
+    """Our mAP (fraction) per row from ``metrics/ablations/<key>.json``; a missing or
+    unreadable file is an error naming it (every row stage runs before the report)."""
+    import json
+
+    from tasks import layout
+
+    ours: dict[str, float] = {}
+    for row in rows:
+        path = layout.row_metrics(row.key)
+        try:
+            ours[row.key] = float(json.loads(path.read_text(encoding="utf-8"))["mAP"])
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no result for ablation row {row.key!r}; run stage ablation@{row.key}") from None
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not an ablation row result ({error})") from error
+    return ours
+
+
+def report_summary(table: pd.DataFrame) -> dict[str, object]:
+    """Metrics of the report: rows compared, rows whose signs agree, and which disagree."""
+    agree = table["signs agree"].dropna().astype(bool)
+    return {
+        "rows": int(len(table)),
+        "rows_compared": int(len(agree)),
+        "signs_agree": int(agree.sum()),
+        "signs_disagree_rows": sorted(str(k) for k in agree.index[~agree]),
+        "our_map": {str(k): float(v) for k, v in table["our mAP (%)"].items() if not math.isnan(float(v))},
+    }
+
+
+def build_report(rows: Sequence[AblationRow] = ALL_ROWS) -> tuple[pd.DataFrame, dict[str, Path], dict[str, object]]:
+    """The report stage's work: read the rows, write ``reports/ablations.*`` and its metrics."""
+    from tasks import layout
+    from tasks.atomic import write_json
+
+    table = build_ablation_table(read_row_results(rows), rows=rows, unit="fraction")
+    paths = write_report(table, layout.REPORTS)
+    summary = report_summary(table)
+    write_json(layout.metrics(STAGE), summary)
+    return table, paths, summary
+
+
+@task(name="ablation_report", cache_policy=NO_CACHE)
+def ablation_report_task(params: dict[str, object]) -> dict[str, object]:
+    """Prefect task: the report; printed, and logged to MLflow as metrics, artifacts and a table."""
+    from tasks.params import get
+    from tasks.tracking import stage_run
+
+    with stage_run(STAGE, str(get(params, "tracking.experiment")), params) as run:
+        table, paths, summary = build_report()
         log_report_to_mlflow(table, paths)
-    return {kind: str(path) for kind, path in paths.items()}
+        import mlflow
+
+        mlflow.log_table(table.reset_index(), artifact_file="ablations/ablations_table.json")
+        run.log_metrics({"rows_compared": summary["rows_compared"], "signs_agree": summary["signs_agree"]})
+    print("\n" + paths["markdown"].read_text(encoding="utf-8"))
+    print(f"{summary['signs_agree']} of {summary['rows_compared']} rows agree in sign with the paper"
+          + (f"; disagree: {', '.join(summary['signs_disagree_rows'])}" if summary["signs_disagree_rows"] else ""))
+    return summary

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 #: The alternating-training stages in pipeline order (dvc.yaml's order).
-STAGES: tuple[str, ...] = (
+ALTERNATING_STAGES: tuple[str, ...] = (
     "prepare_data",
     "init_weights",
     "step1_rpn",
@@ -29,6 +29,32 @@ STAGES: tuple[str, ...] = (
     "evaluate",
 )
 
+#: The models only the ablations need (``tasks.ablations``): selective-search proposals and
+#: the detector trained on them, an RPN on a stronger backbone, the one-stage detector.
+ABLATION_MODEL_STAGES: tuple[str, ...] = ("ss_proposals", "ss_fast_rcnn", "strong_rpn", "one_stage")
+#: The foreach stage evaluating one ablation row each (``ablation@<row key>`` under DVC).
+ABLATION_ROW_STAGE = "ablation"
+#: After every row: recall against IoU of SS and RPN proposals, then the report.
+REPORT_STAGES: tuple[str, ...] = ("proposal_recall", "ablation_report")
+
+
+def row_stage(key: str) -> str:
+    """DVC's name of the foreach stage that evaluates ablation row ``key``."""
+    return f"{ABLATION_ROW_STAGE}@{key}"
+
+
+def _row_keys() -> tuple[str, ...]:
+    from model.ablations import ALL_ROWS
+
+    return tuple(row.key for row in ALL_ROWS)
+
+
+ROW_KEYS: tuple[str, ...] = _row_keys()
+#: Every stage DVC knows, in dvc.yaml's order (the foreach stage expanded).
+STAGES: tuple[str, ...] = (
+    ALTERNATING_STAGES + ABLATION_MODEL_STAGES + tuple(row_stage(k) for k in ROW_KEYS) + REPORT_STAGES
+)
+
 PREPARED = Path("data/prepared")
 MANIFEST = PREPARED / "manifest.json"
 CLASSES = PREPARED / "classes.json"
@@ -37,6 +63,7 @@ OUTPUTS = Path("outputs")
 RESUME = OUTPUTS / ".resume"
 METRICS = Path("metrics")
 PLOTS = Path("plots")
+REPORTS = Path("reports")
 
 
 def code_root() -> Path:
@@ -81,3 +108,13 @@ def plot(stage: str, name: str) -> Path:
 def results_dir(row: str) -> Path:
     """VOC devkit results files of the evaluate stage (``row``: ``"shared"`` / ``"unshared"``)."""
     return OUTPUTS / "evaluate" / row
+
+
+def row_metrics(key: str) -> Path:
+    """Metrics JSON of ablation row ``key`` (``metrics/ablations/<key>.json``)."""
+    return METRICS / "ablations" / f"{key}.json"
+
+
+def report(name: str) -> Path:
+    """A file of the ablation report under ``reports/``."""
+    return REPORTS / name

@@ -99,3 +99,24 @@ def recall_vs_iou(
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, target)
+
+
+def recall_vs_iou_by_method(
+    curves: Mapping[str, tuple[Sequence[float], np.ndarray]], top_ns: Sequence[int], target: Path | str
+) -> Path:
+    """One panel per number of proposals, one line per method (the paper's figure 4).
+
+    ``curves``: label -> (IoU thresholds ``[T]``, recall ``[N, T]`` in ``top_ns`` order).
+    """
+    fig, axes = plt.subplots(1, len(top_ns), figsize=(4.2 * len(top_ns), 4), sharey=True, squeeze=False)
+    for i, (ax, n) in enumerate(zip(axes[0], top_ns)):
+        for label, (ious, recall) in curves.items():
+            ax.plot(ious, recall[i], marker="o", markersize=3, label=label)
+        ax.set_title(f"{n} proposals")
+        ax.set_xlabel("IoU")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("recall")
+    axes[0][0].legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, target)

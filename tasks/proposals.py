@@ -22,7 +22,13 @@ from prefect.cache_policies import NO_CACHE
 from model.evaluation import proposal_recall
 from model.evaluation.recall import DEFAULT_IOU_THRESHOLDS
 from model.inference import propose_dataset
-from model.proposal_cache import ProposalCache, fingerprint_for, load_proposal_cache, save_proposal_cache
+from model.proposal_cache import (
+    ProposalCache,
+    fingerprint_for,
+    image_ids_sha256,
+    load_proposal_cache,
+    save_proposal_cache,
+)
 from tasks import layout, plots
 from tasks.atomic import write_json
 from tasks.data import load_split, read_manifest
@@ -37,6 +43,9 @@ PARAMS = (
 )
 #: proposal stage -> the RPN stage whose checkpoint makes the proposals.
 RPN_OF = {"step1_proposals": "step1_rpn", "step3_proposals": "step3_rpn"}
+#: The selective-search cache of the ablations (``tasks.ss_proposals``).
+SS_STAGE = "ss_proposals"
+SS_PARAMS = ("ablations.selective_search",)
 
 
 def expected_fingerprint(rpn_stage: str, params: Mapping[str, Any], image_ids: list[str]) -> dict[str, Any]:
@@ -49,13 +58,28 @@ def expected_fingerprint(rpn_stage: str, params: Mapping[str, Any], image_ids: l
     )
 
 
+def ss_fingerprint(params: Mapping[str, Any], split_digest: str, image_ids: list[str]) -> dict[str, Any]:
+    """The fingerprint of selective-search proposals: SS has no checkpoint, so the images
+    themselves (the split's digest from the manifest: annotations and image bytes) and
+    the SS settings name what made them."""
+    return {
+        "method": "selective_search",
+        "settings": dict(get(params, "ablations.selective_search")),
+        "split_digest": split_digest,
+        "num_images": len(image_ids),
+        "image_ids_sha256": image_ids_sha256(image_ids),
+    }
+
+
 def load_cache(proposal_stage: str, role: str, params: Mapping[str, Any], image_ids: list[str]) -> ProposalCache:
-    """Load a cache, refusing it unless it was made by this RPN checkpoint, settings and images."""
-    rpn_stage = RPN_OF[proposal_stage]
-    return load_proposal_cache(
-        layout.proposals(proposal_stage, role),
-        expected_fingerprint=expected_fingerprint(rpn_stage, params, image_ids),
-    )
+    """Load a cache, refusing it unless it was made by this RPN checkpoint (or these SS
+    settings), these settings and these images."""
+    if proposal_stage == SS_STAGE:
+        digest = read_manifest()["splits"][role]["digest"]
+        expected = ss_fingerprint(params, digest, image_ids)
+    else:
+        expected = expected_fingerprint(RPN_OF[proposal_stage], params, image_ids)
+    return load_proposal_cache(layout.proposals(proposal_stage, role), expected_fingerprint=expected)
 
 
 def recall_metrics(result: Any, ious: list[float]) -> dict[str, Any]:
@@ -76,13 +100,25 @@ def recall_metrics(result: Any, ious: list[float]) -> dict[str, Any]:
     }
 
 
+def score_recall(dataset: Any, boxes: Mapping[str, Any], params: Mapping[str, Any], plot: Any, title: str) -> tuple[dict[str, Any], Any]:
+    """Recall of ``boxes`` (image id -> ``[P, 4]`` by rank) at ``evaluate.recall_top_ns`` and
+    IoU 0.5:0.05:0.95 (plus ``evaluate.recall_ious``); draws the recall-vs-IoU plot.
+
+    Returns ``(recall_metrics(...), RecallResult)``.
+    """
+    ious = [float(x) for x in get(params, "evaluate.recall_ious")]
+    thresholds = sorted(set(DEFAULT_IOU_THRESHOLDS) | set(ious))
+    top_ns = [int(n) for n in get(params, "evaluate.recall_top_ns")]
+    result = proposal_recall(dataset, boxes, top_ns=top_ns, iou_thresholds=thresholds)
+    plots.recall_vs_iou(result.top_ns, result.iou_thresholds, result.recall, plot, title)
+    return recall_metrics(result, ious), result
+
+
 def cache_proposals(stage: str, params: Mapping[str, Any]) -> dict[str, Any]:
     rpn_stage = RPN_OF[stage]
     manifest = read_manifest()
     model = load_model(layout.checkpoint(rpn_stage), params)
     cfg = model.cfg.cache_proposals
-    ious = [float(x) for x in get(params, "evaluate.recall_ious")]
-    thresholds = sorted(set(DEFAULT_IOU_THRESHOLDS) | set(ious))
     metrics: dict[str, Any] = {}
     for role in ("train", "test"):
         dataset = load_split(role, manifest)
@@ -93,14 +129,12 @@ def cache_proposals(stage: str, params: Mapping[str, Any]) -> dict[str, Any]:
         metrics[f"{role}_mean_proposals"] = sum(counts) / max(1, len(counts))
         if role == "test":
             cache = load_cache(stage, role, params, ids)
-            top_ns = [int(n) for n in get(params, "evaluate.recall_top_ns")]
-            result = proposal_recall(dataset, cache.boxes(), top_ns=top_ns, iou_thresholds=thresholds)
-            metrics.update(recall_metrics(result, ious))
-            plots.recall_vs_iou(
-                result.top_ns, result.iou_thresholds, result.recall, layout.plot(stage, "recall_vs_iou"),
+            recall, _ = score_recall(
+                dataset, cache.boxes(), params, layout.plot(stage, "recall_vs_iou"),
                 f"{rpn_stage} proposals on the test split "
                 f"({'all' if cfg.post_nms_top_n <= 0 else f'at most {cfg.post_nms_top_n}'} cached per image)",
             )
+            metrics.update(recall)
     write_json(layout.metrics(stage), metrics)
     return metrics
 

@@ -11,6 +11,10 @@ step   starts from                 trains                                    pro
 
 (``tasks.weights`` explains the resets: they follow py-faster-rcnn's alt-opt scripts.)
 
+Two more stages train the ablations' extra models with the same loop: ``ss_fast_rcnn``
+(as step 2, on cached selective-search proposals) and ``strong_rpn`` (as step 1, on a
+fresh network with the stronger backbone of ``model.stronger_rpn``).
+
 Every step keeps its in-progress checkpoint under ``outputs/.resume`` (see
 ``tasks.resume``): a killed run resumes from its last saved iteration when run again.
 The step's output checkpoint is written only once training has finished. The
@@ -32,12 +36,19 @@ from model.faster_rcnn import FasterRCNN
 from model.training import TrainSchedule, train_detector, train_rpn
 from tasks import layout, plots
 from tasks.atomic import write_json
-from tasks.data import load_split, read_manifest
+from tasks.data import load_split, read_classes, read_manifest
 from tasks.evaluate import evaluate_detector
 from tasks.params import dataclass_from, get
-from tasks.proposals import load_cache
+from tasks.proposals import SS_PARAMS, SS_STAGE, load_cache
 from tasks.resume import ResumeFiles, resume_files
-from tasks.weights import PREDICTOR_PREFIXES, load_model, reset_layers
+from tasks.weights import (
+    PREDICTOR_PREFIXES,
+    STRONGER_RPN_PARAMS,
+    build_stronger_rpn,
+    device,
+    load_model,
+    reset_layers,
+)
 
 _COMMON = ("data.input",)
 RPN_PARAMS = {
@@ -55,20 +66,40 @@ DETECTOR_PARAMS = {
     )
     for stage in ("step2_fast_rcnn", "step4_fast_rcnn")
 }
+# The ablations' two extra models train exactly as steps 1 and 2 (same schedules), so
+# their rows differ from the paper's baseline rows only in what the issue varies.
+RPN_PARAMS["strong_rpn"] = (*_COMMON, "model.rpn", "train.step1_rpn", *STRONGER_RPN_PARAMS)
+DETECTOR_PARAMS["ss_fast_rcnn"] = (
+    *_COMMON, "model.roi", "model.test", *SS_PARAMS, "evaluate.metric", "train.step2_fast_rcnn",
+)
 
-#: What each step starts from, which layers it resets to init_weights, what it trains.
+#: What each step starts from, which layers it resets to init_weights, what it trains,
+#: on which proposals, with which ``train.<schedule>``. ``start`` None: a fresh network on
+#: the stronger backbone (``tasks.weights.build_stronger_rpn``). ``test_top_n``: how many
+#: cached test proposals the detector scores itself on ("params": the profile's
+#: ``test_proposals.post_nms_top_n``; None: all, the SS detector's 2000).
 STEPS: dict[str, dict[str, Any]] = {
-    "step1_rpn": {"step": 1, "start": "init_weights", "reset": None, "train": ("shared", "rpn")},
+    "step1_rpn": {"step": 1, "start": "init_weights", "reset": None, "train": ("shared", "rpn"),
+                  "schedule": "step1_rpn"},
     "step2_fast_rcnn": {"step": 2, "start": "init_weights", "reset": None, "train": ("shared", "detector"),
-                        "proposals": "step1_proposals"},
-    "step3_rpn": {"step": 3, "start": "step2_fast_rcnn", "reset": ("rpn", None), "train": ("rpn",)},
+                        "proposals": "step1_proposals", "schedule": "step2_fast_rcnn", "test_top_n": "params"},
+    "step3_rpn": {"step": 3, "start": "step2_fast_rcnn", "reset": ("rpn", None), "train": ("rpn",),
+                  "schedule": "step3_rpn"},
     "step4_fast_rcnn": {"step": 4, "start": "step3_rpn", "reset": ("detector", PREDICTOR_PREFIXES),
-                        "train": ("detector",), "proposals": "step3_proposals"},
+                        "train": ("detector",), "proposals": "step3_proposals", "schedule": "step4_fast_rcnn",
+                        "test_top_n": "params"},
+    # Ablations: Fast R-CNN on selective search (as step 2), an RPN on a stronger backbone (as step 1).
+    "ss_fast_rcnn": {"step": None, "start": "init_weights", "reset": None, "train": ("shared", "detector"),
+                     "proposals": SS_STAGE, "schedule": "step2_fast_rcnn", "test_top_n": None},
+    "strong_rpn": {"step": None, "start": None, "reset": None, "train": ("shared", "rpn"),
+                   "schedule": "step1_rpn"},
 }
 
 
 def _start_model(stage: str, params: Mapping[str, Any]) -> FasterRCNN:
     spec = STEPS[stage]
+    if spec["start"] is None:
+        return build_stronger_rpn(params, read_classes()).to(device())
     model = load_model(layout.checkpoint(spec["start"]), params)
     if spec["reset"] is not None:
         group, prefixes = spec["reset"]
@@ -93,13 +124,15 @@ def _saved_progress(files: ResumeFiles) -> tuple[int, list[dict[str, float]]]:
 
 def _inputs(stage: str) -> list[Path]:
     spec = STEPS[stage]
-    inputs = [layout.MANIFEST, layout.checkpoint(spec["start"]), layout.checkpoint("init_weights")]
+    inputs = [layout.MANIFEST]
+    if spec["start"] is not None:
+        inputs += [layout.checkpoint(spec["start"]), layout.checkpoint("init_weights")]
     if "proposals" in spec:
         inputs += [layout.proposals(spec["proposals"], "train"), layout.proposals(spec["proposals"], "test")]
     return inputs
 
 
-def _loss_summary(history: list[dict[str, float]], window: int = 20) -> dict[str, float]:
+def loss_summary(history: list[dict[str, float]], window: int = 20) -> dict[str, float]:
     """Mean of each loss term over the last ``window`` iterations (less noisy than the last one)."""
     tail = history[-window:]
     if not tail:
@@ -113,7 +146,8 @@ def run_step(stage: str, params: Mapping[str, Any], progress: bool = True) -> di
 
     spec = STEPS[stage]
     kind = "rpn" if stage.endswith("_rpn") else "detector"
-    schedule = dataclass_from(TrainSchedule, dict(get(params, f"train.{stage}")), f"train.{stage}")
+    schedule_key = f"train.{spec['schedule']}"
+    schedule = dataclass_from(TrainSchedule, dict(get(params, schedule_key)), schedule_key)
     files = resume_files(stage, params, _inputs(stage))
     resumed_from, saved_history = _saved_progress(files)
     manifest = read_manifest()
@@ -143,18 +177,19 @@ def run_step(stage: str, params: Mapping[str, Any], progress: bool = True) -> di
         metrics: dict[str, Any] = {
             "iterations": schedule.iterations,
             "resumed_from": resumed_from,
-            "final_losses": _loss_summary(history),
+            "final_losses": loss_summary(history),
         }
         plots.loss_curves(history, layout.plot(stage, "loss"), f"{stage}: training losses")
 
         if kind == "detector":
             test_set = load_split("test", manifest)
-            top_n = int(get(params, "model.test_proposals.post_nms_top_n"))
+            top_n = int(get(params, "model.test_proposals.post_nms_top_n")) if spec["test_top_n"] else None
             test_cache = load_cache(spec["proposals"], "test", params, [r.image_id for r in test_set.records])
             scores, voc, _ = evaluate_detector(model, test_set, str(get(params, "evaluate.metric")),
                                                proposals=test_cache.boxes(top_n=top_n), progress=progress)
             metrics.update(scores)
-            plots.pr_curves(voc.curves, layout.plot(stage, "pr"), f"{stage} on the test split (cached proposals), mAP {voc.mAP:.3f}")
+            plots.pr_curves(voc.curves, layout.plot(stage, "pr"),
+                            f"{stage} on the test split ({spec['proposals']} cache), mAP {voc.mAP:.3f}")
 
         save_checkpoint(layout.checkpoint(stage), model, extra={"stage": stage, "iterations": schedule.iterations})
         write_json(layout.metrics(stage), metrics)

@@ -82,13 +82,30 @@ def initial_config(params: Mapping[str, Any], class_names: Sequence[str]) -> Det
     )
 
 
+def _seeded_network(cfg: DetectorConfig, options: Mapping[str, Any], params: Mapping[str, Any]) -> FasterRCNN:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(get(params, "pipeline.init_seed")))
+        return FasterRCNN(cfg, dict(options))
+
+
 def build_initial(params: Mapping[str, Any], class_names: Sequence[str]) -> FasterRCNN:
     """The network of ``init_weights``; fresh layers drawn from ``pipeline.init_seed``."""
     cfg = initial_config(params, class_names)
-    options = dict(get(params, "model.backbone_options") or {})
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(get(params, "pipeline.init_seed")))
-        return FasterRCNN(cfg, options)
+    return _seeded_network(cfg, get(params, "model.backbone_options") or {}, params)
+
+
+#: What the "stronger RPN" ablation's fresh network reads besides the RPN step's params.
+STRONGER_RPN_PARAMS = ("model.pretrained", "model.anchors", "model.stronger_rpn", "pipeline.init_seed")
+
+
+def build_stronger_rpn(params: Mapping[str, Any], class_names: Sequence[str]) -> FasterRCNN:
+    """A fresh network on ``model.stronger_rpn.backbone`` (ImageNet weights as
+    ``model.pretrained`` says), with the stage's RPN settings and input size: the start of
+    the "stronger RPN" ablation (the paper's RPN on VGG-16 against ZF)."""
+    stronger = get(params, "model.stronger_rpn")
+    model = {**get(params, "model"), "backbone": stronger["backbone"]}
+    cfg = with_settings(initial_config({**params, "model": model}, class_names), params)
+    return _seeded_network(cfg, stronger.get("backbone_options") or {}, params)
 
 
 def load_model(path: Path | str, params: Mapping[str, Any], on: torch.device | str | None = None) -> FasterRCNN:

@@ -216,13 +216,3 @@ def test_markdown_formats_signs_and_escapes_pipes():
     unshared = next(line for line in lines if line.startswith("| unshared |"))
     assert unshared.endswith("| 58.7 | -1.2 | 62.0 | +2.0 | no |")
     assert "a \\| b" in lines[2]
-
-
-def test_task_wrapper_writes_the_report(tmp_path):
-    from tasks.ablation_report import build_report_task
-
-    paths = build_report_task.fn({"shared": 60.0, "unshared": 61.0}, str(tmp_path), unit="percent")
-    assert sorted(paths) == ["csv", "markdown", "png"]
-    table = read_report_csv(paths["csv"])
-    assert table.loc["unshared", "our change"] == pytest.approx(1.0)
-    assert bool(table.loc["unshared", "signs agree"]) is False  # paper: -1.2

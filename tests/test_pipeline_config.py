@@ -16,7 +16,10 @@ from flows.stage import STAGE_PARAMS, TRACKING_PARAMS
 from model.config import DetectorConfig
 from model.training import TrainSchedule
 from tasks import layout
+from tasks.ablations import row_inputs
+from tasks.one_stage import schedule as one_stage_schedule
 from tasks.params import dataclass_from, select
+from tasks.ss_proposals import ss_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,6 +32,21 @@ def _compose(tmp_path: Path, *overrides: str) -> dict:
 
 def _dvc_yaml() -> dict:
     return yaml.safe_load((ROOT / "dvc.yaml").read_text())
+
+
+def _expanded_stages() -> dict[str, dict]:
+    """dvc.yaml's stages with the ``ablation`` foreach expanded as DVC does (``ablation@<key>``)."""
+    stages: dict[str, dict] = {}
+    for name, stage in _dvc_yaml()["stages"].items():
+        if "foreach" not in stage:
+            stages[name] = stage
+            continue
+        for key, item in stage["foreach"].items():
+            text = yaml.safe_dump(stage["do"]).replace("${key}", key)
+            for field, value in item.items():
+                text = text.replace("${item.%s}" % field, str(value))
+            stages[f"{name}@{key}"] = yaml.safe_load(text)
+    return stages
 
 
 def test_committed_params_are_the_composed_default(tmp_path: Path) -> None:
@@ -55,10 +73,12 @@ def test_every_profile_gives_every_stage_its_params(tmp_path: Path, data: str, m
         select(params, keys)  # raises if a declared key is missing
     select(params, TRACKING_PARAMS)
     # The model section is a valid DetectorConfig (minus pipeline-only keys) and the schedules build.
-    model_section = {k: v for k, v in params["model"].items() if k != "backbone_options"}
+    model_section = {k: v for k, v in params["model"].items() if k not in ("backbone_options", "stronger_rpn")}
     DetectorConfig.from_dict({**model_section, "class_names": ["a"], **params["data"]["input"]})
     for step in ("step1_rpn", "step2_fast_rcnn", "step3_rpn", "step4_fast_rcnn"):
         dataclass_from(TrainSchedule, params["train"][step], f"train.{step}")
+    one_stage_schedule(select(params, ["train.one_stage"]))
+    ss_settings(select(params, ["ablations.selective_search"]))
 
 
 def test_paper_schedule_matches_the_paper(tmp_path: Path) -> None:
@@ -84,23 +104,25 @@ def test_bccd_defaults_to_the_shared_folder_beside_the_checkout(tmp_path: Path) 
 
 
 def test_dvc_yaml_stages_in_order_with_declared_params() -> None:
-    stages = _dvc_yaml()["stages"]
+    stages = _expanded_stages()
     assert tuple(stages) == layout.STAGES
     for name, stage in stages.items():
         assert stage["cmd"] == f"sh flows/stage.sh {name}"
-        assert tuple(stage["params"]) == STAGE_PARAMS[name], name
+        assert tuple(stage.get("params", ())) == STAGE_PARAMS[name], name
         # Where runs are logged is not an input of any output.
-        assert not any(p.startswith("tracking") for p in stage["params"])
+        assert not any(p.startswith("tracking") for p in stage.get("params", ()))
 
 
 def test_dvc_yaml_outputs_metrics_and_plots_follow_the_layout() -> None:
-    stages = _dvc_yaml()["stages"]
+    stages = _expanded_stages()
     for name, stage in stages.items():
         [metrics] = stage["metrics"]
-        assert metrics == {str(layout.metrics(name)): {"cache": False}}
+        expected = layout.row_metrics(name.split("@")[1]) if "@" in name else layout.metrics(name)
+        assert metrics == {str(expected): {"cache": False}}
         for plot in stage.get("plots", []):
             [(path, opts)] = plot.items()
-            assert path.startswith(f"plots/{name}/") and path.endswith(".png") and opts == {"cache": False}
+            folder = "reports/" if name == "ablation_report" else f"plots/{name}/"
+            assert path.startswith(folder) and path.endswith(".png") and opts == {"cache": False}
     model_stages = ["init_weights", "step1_rpn", "step2_fast_rcnn", "step3_rpn", "step4_fast_rcnn"]
     for name in model_stages:
         assert str(layout.checkpoint(name)) in stages[name]["outs"]
@@ -119,7 +141,7 @@ def test_dvc_yaml_outputs_metrics_and_plots_follow_the_layout() -> None:
 
 
 def test_dvc_yaml_step_wiring_follows_the_paper() -> None:
-    deps = {name: stage["deps"] for name, stage in _dvc_yaml()["stages"].items()}
+    deps = {name: stage["deps"] for name, stage in _expanded_stages().items()}
     init = str(layout.checkpoint("init_weights"))
     # Step 2 starts from the initial weights, not from step 1 (it only uses step 1's proposals).
     assert init in deps["step2_fast_rcnn"]
@@ -134,7 +156,7 @@ def test_dvc_yaml_step_wiring_follows_the_paper() -> None:
 
 
 def test_declared_code_dependencies_exist() -> None:
-    for name, stage in _dvc_yaml()["stages"].items():
+    for name, stage in _expanded_stages().items():
         for dep in stage["deps"]:
             if dep.startswith(("model", "tasks", "flows")):
                 assert (ROOT / dep).exists(), f"{name}: dependency {dep} does not exist"
@@ -144,6 +166,35 @@ def test_declared_code_dependencies_exist() -> None:
 
 def test_rpn_only_params_are_declared_only_by_rpn_stages() -> None:
     users = {name for name, keys in STAGE_PARAMS.items() if "model.rpn" in keys}
-    assert users == {"step1_rpn", "step3_rpn"}
+    # The stronger-backbone RPN of the ablations trains exactly as step 1.
+    assert users == {"step1_rpn", "step3_rpn", "strong_rpn"}
     step3_users = {name for name, keys in STAGE_PARAMS.items() if "train.step3_rpn" in keys}
     assert step3_users == {"step3_rpn"}
+
+
+def test_ablation_rows_depend_on_what_they_read() -> None:
+    """Each row stage lists its detector and its proposals as deps (``tasks.ablations.row_inputs``),
+    so re-training one model re-runs only the rows that test it."""
+    from model.ablations import ALL_ROWS
+
+    stages = _expanded_stages()
+    for row in ALL_ROWS:
+        deps = stages[layout.row_stage(row.key)]["deps"]
+        assert {str(p) for p in row_inputs(row)} <= set(deps), row.key
+    # Only the SS rows read the SS-trained detector; the one-stage row reads only its model.
+    ss_model = str(layout.checkpoint("ss_fast_rcnn"))
+    readers = {name for name, stage in stages.items() if "@" in name and ss_model in stage["deps"]}
+    assert readers == {layout.row_stage(r.key) for r in ALL_ROWS if r.detector == "ss"}
+    assert str(layout.checkpoint("step2_fast_rcnn")) not in stages["ablation@one_stage"]["deps"]
+    # The report reads every row's result.
+    assert {str(layout.row_metrics(r.key)) for r in ALL_ROWS} <= set(stages["ablation_report"]["deps"])
+
+
+def test_ablation_models_are_trained_as_the_paper_steps() -> None:
+    """The SS detector trains with step 2's schedule from the initial weights; the stronger
+    RPN with step 1's; so the rows differ from the baseline rows only in what they vary."""
+    assert "train.step2_fast_rcnn" in STAGE_PARAMS["ss_fast_rcnn"]
+    assert "train.step1_rpn" in STAGE_PARAMS["strong_rpn"]
+    deps = _expanded_stages()
+    assert str(layout.checkpoint("init_weights")) in deps["ss_fast_rcnn"]["deps"]
+    assert str(layout.proposals("ss_proposals", "train")) in deps["ss_fast_rcnn"]["deps"]

@@ -1,0 +1,110 @@
+"""Stage ``one_stage``: the paper's one-stage detector (Table 10), for the "one-stage" ablation row.
+
+``model.one_stage.OneStageDetector`` on the profile's backbone and anchors, trained with
+``train.one_stage`` (the detector steps' optimiser; the paper trains it like its Fast
+R-CNN), from ImageNet weights as ``model.pretrained`` says and fresh head layers drawn
+from ``pipeline.init_seed``. It scores itself on the test split (VOC mAP, per-class AP,
+COCO AP); the ``ablation@one_stage`` row re-reads the checkpoint.
+
+Not resumable: a killed run starts over (a few minutes on the CPU default).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from model.one_stage import OneStageDetector, save_one_stage, train_one_stage
+from tasks import layout, plots
+from tasks.atomic import write_json
+from tasks.data import load_split, read_classes, read_manifest
+from tasks.evaluate import evaluate_detector
+from tasks.params import get, with_settings
+from tasks.train import loss_summary
+from tasks.weights import device, initial_config
+
+STAGE = "one_stage"
+PARAMS = (
+    "data.input",
+    "model.backbone",
+    "model.pretrained",
+    "model.backbone_options",
+    "model.anchors",
+    "model.rpn.mid_channels",
+    "model.rpn.allowed_border",
+    "model.roi",
+    "model.test",
+    "evaluate.metric",
+    "train.one_stage",
+    "pipeline.init_seed",
+)
+#: ``train.one_stage`` keys -> ``train_one_stage`` keyword arguments.
+SCHEDULE_KEYS = {
+    "iterations": "iterations", "base_lr": "lr", "lr_steps": "lr_steps", "gamma": "gamma",
+    "ims_per_batch": "ims_per_batch", "flip": "flip", "momentum": "momentum",
+    "weight_decay": "weight_decay", "bias_lr_factor": "bias_lr_factor", "seed": "seed",
+}
+
+
+def schedule(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``train_one_stage`` keyword arguments from ``train.one_stage``; unknown keys are refused."""
+    values = dict(get(params, "train.one_stage"))
+    unknown = sorted(set(values) - set(SCHEDULE_KEYS))
+    if unknown:
+        raise KeyError(f"train.one_stage: unknown setting(s) {unknown}; known: {sorted(SCHEDULE_KEYS)}")
+    kwargs = {SCHEDULE_KEYS[k]: v for k, v in values.items()}
+    kwargs["lr_steps"] = tuple(int(s) for s in kwargs.get("lr_steps", ()))
+    return kwargs
+
+
+def build(params: Mapping[str, Any]) -> OneStageDetector:
+    """A fresh one-stage detector with the stage's settings; new layers seeded."""
+    cfg = with_settings(initial_config(params, read_classes()), params)
+    # initial_config leaves the RPN settings at their defaults: take allowed_border too.
+    rpn = dataclasses.replace(cfg.rpn, allowed_border=get(params, "model.rpn.allowed_border"))
+    cfg = dataclasses.replace(cfg, rpn=rpn)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(get(params, "pipeline.init_seed")))
+        return OneStageDetector(cfg, dict(get(params, "model.backbone_options") or {}))
+
+
+def train_and_score(params: Mapping[str, Any], on_log: Any = None, progress: bool = True) -> dict[str, Any]:
+    manifest = read_manifest()
+    train_set = load_split("train", manifest)
+    model = build(params).to(device())
+    kwargs = schedule(params)
+    started = time.monotonic()
+    history = train_one_stage(model, train_set, progress=progress, on_log=on_log, **kwargs)
+    seconds = time.monotonic() - started
+    plots.loss_curves(history, layout.plot(STAGE, "loss"), "one-stage detector: training losses")
+    test_set = load_split("test", manifest)
+    scores, voc, _ = evaluate_detector(model, test_set, str(get(params, "evaluate.metric")), progress=progress)
+    plots.pr_curves(voc.curves, layout.plot(STAGE, "pr"), f"one-stage detector on the test split, mAP {voc.mAP:.3f}")
+    save_one_stage(layout.checkpoint(STAGE), model, extra={"stage": STAGE, "iterations": kwargs["iterations"]})
+    metrics = {
+        "iterations": kwargs["iterations"],
+        "final_losses": loss_summary(history),
+        **scores,
+    }
+    write_json(layout.metrics(STAGE), metrics)
+    return {**metrics, "train_seconds": round(seconds, 1)}
+
+
+@task(name="one_stage", cache_policy=NO_CACHE)
+def one_stage_task(params: dict[str, Any]) -> dict[str, Any]:
+    """Prefect task: train and score the one-stage detector; losses and metrics to MLflow."""
+    from tasks.tracking import stage_run
+
+    with stage_run(STAGE, get(params, "tracking.experiment"), params) as run:
+        metrics = train_and_score(params, on_log=run.log_loss)
+        run.flush()
+        run.log_metrics(metrics)
+        run.log_artifact(layout.metrics(STAGE), "metrics")
+        for name in ("loss", "pr"):
+            run.log_artifact(layout.plot(STAGE, name), "plots")
+    return metrics

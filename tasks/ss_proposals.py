@@ -1,0 +1,78 @@
+"""Stage ``ss_proposals``: selective-search proposals of every train and test image, cached once.
+
+The paper's "SS train" ablation rows test one Fast R-CNN detector trained on about 2000
+selective-search boxes per image (fast mode), the proposals Fast R-CNN itself used.
+They are computed here with OpenCV's implementation (``model.selective_search``) under
+``ablations.selective_search`` and saved in the same cache format as the RPN's
+(``model.proposal_cache``; rank-order stand-in scores), with a fingerprint of the SS
+settings and the split's digest (annotations and image bytes), so the detector stage
+refuses a cache made from other images or settings.
+
+Metrics: the same recall table as the RPN proposal stages (test split, top 300 / 1000 /
+2000, IoU 0.5 and 0.7, average recall) and a recall-vs-IoU plot.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from model.proposal_cache import save_proposal_cache
+from model.selective_search import selective_search_dataset
+from tasks import layout
+from tasks.atomic import write_json
+from tasks.data import load_split, read_manifest
+from tasks.params import get
+from tasks.proposals import SS_PARAMS, SS_STAGE, load_cache, score_recall, ss_fingerprint
+
+PARAMS = (*SS_PARAMS, "evaluate.recall_top_ns", "evaluate.recall_ious")
+#: ``ablations.selective_search`` keys, passed to ``selective_search_dataset``.
+SETTINGS = ("mode", "max_side", "max_proposals", "min_size", "seed")
+
+
+def ss_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The selective-search keyword arguments, refusing unknown keys by name."""
+    values = dict(get(params, "ablations.selective_search"))
+    unknown = sorted(set(values) - set(SETTINGS))
+    if unknown:
+        raise KeyError(f"ablations.selective_search: unknown setting(s) {unknown}; known: {list(SETTINGS)}")
+    return values
+
+
+def compute_ss_proposals(params: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
+    settings = ss_settings(params)
+    manifest = read_manifest()
+    metrics: dict[str, Any] = {"settings": settings}
+    for role in ("train", "test"):
+        dataset = load_split(role, manifest)
+        ids = [r.image_id for r in dataset.records]
+        proposals = selective_search_dataset(dataset, progress=progress, **settings)
+        fingerprint = ss_fingerprint(params, manifest["splits"][role]["digest"], ids)
+        save_proposal_cache(layout.proposals(SS_STAGE, role), proposals, fingerprint)
+        counts = [int(boxes.shape[0]) for boxes, _ in proposals.values()]
+        metrics[f"{role}_mean_proposals"] = sum(counts) / max(1, len(counts))
+        if role == "test":
+            cache = load_cache(SS_STAGE, role, params, ids)
+            recall, _ = score_recall(
+                dataset, cache.boxes(), params, layout.plot(SS_STAGE, "recall_vs_iou"),
+                f"selective search ({settings.get('mode', 'fast')}) on the test split, "
+                f"at most {settings.get('max_proposals')} per image",
+            )
+            metrics.update(recall)
+    write_json(layout.metrics(SS_STAGE), metrics)
+    return metrics
+
+
+@task(name="ss_proposals", cache_policy=NO_CACHE)
+def ss_proposals_task(params: dict[str, Any]) -> dict[str, Any]:
+    """Prefect task: selective search over both splits, cached; recall logged to MLflow."""
+    from tasks.tracking import stage_run
+
+    with stage_run(SS_STAGE, get(params, "tracking.experiment"), params) as run:
+        metrics = compute_ss_proposals(params)
+        run.log_metrics(metrics)
+        run.log_artifact(layout.metrics(SS_STAGE), "metrics")
+        run.log_artifact(layout.plot(SS_STAGE, "recall_vs_iou"), "plots")
+    return metrics
