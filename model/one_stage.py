@@ -45,7 +45,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -60,6 +59,7 @@ from model.data.records import DetectionDataset
 from model.data.transforms import load_training_sample
 from model.detections import Detections
 from model.roi import detector_loss, postprocess_detections
+from model.training import ImageOrder, TrainSchedule, build_optimizer
 from model.rpn.targets import label_anchors
 
 CHECKPOINT_FORMAT = "frcnn-one-stage/1"
@@ -256,17 +256,8 @@ def _named(losses: dict[str, Tensor]) -> dict[str, Tensor]:
 def train_one_stage(
     model: OneStageDetector,
     dataset: DetectionDataset,
-    iterations: int,
-    lr: float = 1e-3,
-    seed: int = 0,
+    schedule: TrainSchedule,
     *,
-    lr_steps: tuple[int, ...] = (),
-    gamma: float = 0.1,
-    ims_per_batch: int = 2,
-    flip: bool = True,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    bias_lr_factor: float = 2.0,
     progress: bool = True,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
@@ -274,47 +265,33 @@ def train_one_stage(
     built around ``FasterRCNN`` and its checkpoint groups); returns per-iteration
     ``{"one_stage_cls", "one_stage_reg", "total", "lr"}``.
 
-    Same optimiser as the paper's: momentum 0.9, weight decay 5e-4, biases at twice the
-    learning rate, ``lr * gamma ** (#lr_steps <= iteration)``; ``ims_per_batch`` images
-    (and their mirror images if ``flip``) in a seeded shuffled order, reshuffled each pass,
-    with the loss averaged over the sampled windows of the whole batch. Deterministic on the
-    CPU for a given ``seed``. Raises ``FloatingPointError`` on a non-finite loss.
+    ``schedule`` is the detector steps' ``TrainSchedule``: the paper's optimiser (momentum,
+    weight decay, biases at ``bias_lr_factor`` times the rate), its learning rate
+    (``schedule.learning_rate``: steps and warm-up), ``ims_per_batch`` images (None: 2) and
+    their mirror images if ``flip``, in a seeded shuffled order reshuffled each pass, the
+    loss averaged over the sampled windows of the whole batch. ``checkpoint_every`` is
+    unused: this loop keeps no in-progress checkpoint. Deterministic on the CPU for a given
+    ``schedule.seed``. Raises ``FloatingPointError`` on a non-finite loss.
     """
-    if iterations < 0 or ims_per_batch < 1:
-        raise ValueError(f"iterations must be >= 0 and ims_per_batch >= 1, got {iterations}, {ims_per_batch}")
+    iterations = schedule.iterations
+    ims_per_batch = schedule.ims_per_batch or 2
     if not dataset.records:
         raise ValueError(f"{dataset.root}: the dataset has no images")
     cfg = model.cfg
     device = next(model.parameters()).device
-    weights = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("bias")]
-    biases = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("bias")]
-    optimizer = torch.optim.SGD(
-        [
-            {"params": weights, "lr_factor": 1.0},
-            {"params": biases, "lr_factor": bias_lr_factor},
-        ],
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-    )
-    entries = [(i, False) for i in range(len(dataset.records))]
-    if flip:
-        entries += [(i, True) for i in range(len(dataset.records))]
-    order_rng = np.random.RandomState(seed)
-    queue: list[int] = []
-    generator = torch.Generator().manual_seed(seed)
+    optimizer = build_optimizer(model, schedule)
+    order = ImageOrder(len(dataset.records), schedule.flip, schedule.seed)
+    generator = torch.Generator().manual_seed(schedule.seed)
     history: list[dict[str, float]] = []
     model.train()
     with tqdm(total=iterations, disable=not progress, desc="train one-stage", dynamic_ncols=True) as bar:
         for iteration in range(iterations):
-            rate = lr * gamma ** sum(1 for s in lr_steps if iteration >= s)
+            rate = schedule.learning_rate(iteration)
             for group in optimizer.param_groups:
                 group["lr"] = rate * group["lr_factor"]
             parts = []
             for _ in range(ims_per_batch):
-                if not queue:
-                    queue = order_rng.permutation(len(entries)).tolist()
-                index, flipped = entries[queue.pop(0)]
+                index, flipped = order.next()
                 image, gt_boxes, gt_labels, _ = load_training_sample(
                     dataset.records[index], cfg.class_names, cfg.min_size, cfg.max_size, flipped
                 )

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from model.boxes import box_iou, encode_boxes
@@ -280,7 +280,7 @@ def _has_roi_sample(record: ImageRecord, proposals: Tensor, model: FasterRCNN) -
     return bool((fg | bg).any())
 
 
-class _ImageOrder:
+class ImageOrder:
     """Endless stream of ``(record index, flipped)``, reshuffled each pass by a seeded RandomState."""
 
     def __init__(self, count: int, flip: bool, seed: int) -> None:
@@ -314,13 +314,16 @@ class _ImageOrder:
         self.position = int(state["position"])
 
 
-def _build_optimizer(model: FasterRCNN, schedule: TrainSchedule) -> torch.optim.SGD:
+def build_optimizer(model: nn.Module, schedule: TrainSchedule) -> torch.optim.SGD:
+    """The paper's SGD over ``model``'s trainable parameters: momentum, weight decay (biases
+    too unless ``bias_weight_decay`` is off), biases at ``bias_lr_factor`` times the rate
+    (each group's ``lr_factor``; the loop sets ``lr`` per iteration)."""
     weights, biases = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (biases if name.endswith("bias") else weights).append(param)
     if not weights and not biases:
-        raise ValueError(f"no trainable parameter in groups {sorted(model.trainable_groups)}")
+        raise ValueError(f"no trainable parameter in groups {sorted(getattr(model, 'trainable_groups', ()))}")
     bias_decay = schedule.weight_decay if schedule.bias_weight_decay else 0.0
     groups = [
         {"params": weights, "lr_factor": 1.0, "weight_decay": schedule.weight_decay},
@@ -381,9 +384,9 @@ def _train(
     device = next(model.parameters()).device
     model.set_trainable(trainable_groups)
     model.train()
-    optimizer = _build_optimizer(model, schedule)
+    optimizer = build_optimizer(model, schedule)
     trained = [p for group in optimizer.param_groups for p in group["params"]]
-    order = _ImageOrder(len(records), schedule.flip, schedule.seed)
+    order = ImageOrder(len(records), schedule.flip, schedule.seed)
     generator = torch.Generator().manual_seed(schedule.seed)
     history: list[dict[str, float]] = []
     start = 0

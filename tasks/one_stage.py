@@ -20,11 +20,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from model.one_stage import OneStageDetector, save_one_stage, train_one_stage
+from model.training import TrainSchedule
 from tasks import layout, plots
 from tasks.atomic import write_json
 from tasks.data import load_split, read_classes, read_manifest
 from tasks.evaluate import evaluate_detector
-from tasks.params import get, with_settings
+from tasks.params import dataclass_from, get, with_settings
 from tasks.train import loss_summary
 from tasks.weights import device, initial_config
 
@@ -43,23 +44,9 @@ PARAMS = (
     "train.one_stage",
     "pipeline.init_seed",
 )
-#: ``train.one_stage`` keys -> ``train_one_stage`` keyword arguments.
-SCHEDULE_KEYS = {
-    "iterations": "iterations", "base_lr": "lr", "lr_steps": "lr_steps", "gamma": "gamma",
-    "ims_per_batch": "ims_per_batch", "flip": "flip", "momentum": "momentum",
-    "weight_decay": "weight_decay", "bias_lr_factor": "bias_lr_factor", "seed": "seed",
-}
-
-
-def schedule(params: Mapping[str, Any]) -> dict[str, Any]:
-    """``train_one_stage`` keyword arguments from ``train.one_stage``; unknown keys are refused."""
-    values = dict(get(params, "train.one_stage"))
-    unknown = sorted(set(values) - set(SCHEDULE_KEYS))
-    if unknown:
-        raise KeyError(f"train.one_stage: unknown setting(s) {unknown}; known: {sorted(SCHEDULE_KEYS)}")
-    kwargs = {SCHEDULE_KEYS[k]: v for k, v in values.items()}
-    kwargs["lr_steps"] = tuple(int(s) for s in kwargs.get("lr_steps", ()))
-    return kwargs
+def schedule(params: Mapping[str, Any]) -> TrainSchedule:
+    """``train.one_stage`` as a ``TrainSchedule`` (the detector steps' keys); unknown keys are refused."""
+    return dataclass_from(TrainSchedule, dict(get(params, "train.one_stage")), "train.one_stage")
 
 
 def build(params: Mapping[str, Any]) -> OneStageDetector:
@@ -77,17 +64,17 @@ def train_and_score(params: Mapping[str, Any], on_log: Any = None, progress: boo
     manifest = read_manifest()
     train_set = load_split("train", manifest)
     model = build(params).to(device())
-    kwargs = schedule(params)
+    plan = schedule(params)
     started = time.monotonic()
-    history = train_one_stage(model, train_set, progress=progress, on_log=on_log, **kwargs)
+    history = train_one_stage(model, train_set, plan, progress=progress, on_log=on_log)
     seconds = time.monotonic() - started
     plots.loss_curves(history, layout.plot(STAGE, "loss"), "one-stage detector: training losses")
     test_set = load_split("test", manifest)
     scores, voc, _ = evaluate_detector(model, test_set, str(get(params, "evaluate.metric")), progress=progress)
     plots.pr_curves(voc.curves, layout.plot(STAGE, "pr"), f"one-stage detector on the test split, mAP {voc.mAP:.3f}")
-    save_one_stage(layout.checkpoint(STAGE), model, extra={"stage": STAGE, "iterations": kwargs["iterations"]})
+    save_one_stage(layout.checkpoint(STAGE), model, extra={"stage": STAGE, "iterations": plan.iterations})
     metrics = {
-        "iterations": kwargs["iterations"],
+        "iterations": plan.iterations,
         "final_losses": loss_summary(history),
         **scores,
     }

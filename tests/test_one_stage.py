@@ -12,6 +12,7 @@ from model.config import DetectorConfig, RPNConfig
 from model.config import TestConfig as DetTestConfig  # not "Test*": pytest would collect it
 from model.data.records import DetectionDataset, ImageRecord, ObjectAnnotation
 from model.detections import Detections
+from model.training import TrainSchedule
 from model.one_stage import (
     OneStageDetector,
     OneStageHead,
@@ -196,7 +197,7 @@ def test_train_one_stage_is_deterministic_and_round_trips(tmp_path):
     for _ in range(2):
         torch.manual_seed(1)
         model = OneStageDetector(_cfg())
-        histories.append(train_one_stage(model, dataset, iterations=3, lr=1e-3, seed=7, progress=False))
+        histories.append(train_one_stage(model, dataset, TrainSchedule(iterations=3, base_lr=1e-3, seed=7, ims_per_batch=2), progress=False))
         models.append(model)
     assert histories[0] == histories[1]
     assert len(histories[0]) == 3 and set(histories[0][0]) == {"one_stage_cls", "one_stage_reg", "total", "lr"}

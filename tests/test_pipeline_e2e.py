@@ -252,7 +252,7 @@ def test_each_stage_logged_an_mlflow_run(repro_repo: dict) -> None:
         history = client.get_metric_history(by_stage[stage].info.run_id, "train/total")
         assert [m.step for m in history] == [1, 2, 3, 4], stage
         artifacts = {a.path for a in client.list_artifacts(by_stage[stage].info.run_id, "plots")}
-        assert f"plots/loss.png" in artifacts
+        assert "plots/loss.png" in artifacts
     # The final model went through mlflow.pytorch.log_model.
     models = client.search_logged_models(experiment_ids=[by_stage["assemble"].info.experiment_id])
     assert [m.name for m in models if m.source_run_id == by_stage["assemble"].info.run_id] == ["faster_rcnn"]
@@ -385,7 +385,8 @@ def test_pipeline_flow_gives_the_same_files_and_a_true_lock(
     repro_repo: dict, env: dict[str, str], tmp_path: Path, prefect_api: str
 ) -> None:
     repo = make_repo(tmp_path / "repo", PROFILE)
-    result = run([sys.executable, "-m", "flows.pipeline"], repo, env)
+    # Two ablation rows at a time: the rows run as concurrent task runs of the flow.
+    result = run([sys.executable, "-m", "flows.pipeline"], repo, {**env, "FRCNN_ABLATION_WORKERS": "2"})
     summary = result.stdout.strip().splitlines()[-1]
     assert "'ran': [" + ", ".join(f"'{s}'" for s in STAGES) + "]" in summary
     # dvc.lock is true: DVC sees nothing to do.
@@ -410,5 +411,12 @@ def test_pipeline_flow_gives_the_same_files_and_a_true_lock(
             assert parent.state.is_completed()
             flow = await client.read_flow(parent.flow_id)
             assert flow.name == "faster-rcnn-pipeline"
+            from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+            tasks = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[parent.id])), limit=200
+            )
+            rows = [t for t in tasks if t.task_key.startswith("ablation_row") or t.name.startswith("ablation_row")]
+            assert len(rows) == len(ROW_KEYS) and all(t.state.is_completed() for t in rows)
 
     asyncio.run(check())
