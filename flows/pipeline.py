@@ -10,8 +10,13 @@ their upstream stages were committed, so a change propagates exactly as under
 ``dvc repro``, and afterwards ``dvc status`` is clean: dvc.lock is true.
 
 Why not run ``dvc repro`` in a subprocess: then every stage would be a separate process
-and a separate, unrelated flow run; here the deployment's run shows the ten stages as
-its subflows, with their task runs, and pays the imports once.
+and a separate, unrelated flow run; here the deployment's run shows the stages as its
+subflows, with their task runs, and pays the imports once.
+
+The ablation rows (``ablation@<row>``) are independent evaluations of models trained by
+earlier stages. With ``FRCNN_ABLATION_WORKERS`` > 1 the flow runs the stale ones as
+concurrent task runs (a thread-pool task runner) once the stages before them are done,
+then commits each; with 1 (the default) they run one after another like every stage.
 
 ``overrides`` (Hydra, like ``dvc exp run -S``) re-compose params.yaml from conf/ first,
 e.g. ``["data=bccd", "train=cpu"]``. ``FRCNN_PIPELINE_RUN_ID`` is set to the flow run's

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from model.atomic import atomic_torch_save
+from model.backbones.base import state_mismatch
 from model.config import DetectorConfig
 from model.faster_rcnn import FasterRCNN
 
@@ -114,28 +115,13 @@ def load_group_state(
 ) -> None:
     """Load one group's state dict, requiring the same keys and shapes; errors name ``source``."""
     module = model.group_modules()[group]
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mis_shaped = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if state[k].shape != own[k].shape
-    )
-    if missing or unexpected or mis_shaped:
+    problem = state_mismatch(module.state_dict(), state)
+    if problem:
         raise CheckpointError(
             f"{source}: group {group!r} does not fit the architecture "
-            f"({model.cfg.backbone}, {model.cfg.num_classes} classes): "
-            f"missing keys {_head(missing)}, unexpected keys {_head(unexpected)}, "
-            f"shape mismatches {_head(mis_shaped)}"
+            f"({model.cfg.backbone}, {model.cfg.num_classes} classes): {problem}"
         )
     module.load_state_dict(dict(state), strict=True)
-
-
-def _head(items: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(items[:limit])
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return f"[{shown}{more}] ({len(items)})"
 
 
 def build_from_content(content: Mapping[str, Any], source: Path | str) -> FasterRCNN:

@@ -1,6 +1,7 @@
 """The ablation report: our mAP per ablation row beside the paper's, and whether the changes agree.
 
-For each row of ``model.ablations.ABLATION_ROWS`` the table gives the paper's mAP, the
+For each row of ``model.ablations.ALL_ROWS`` (the paper's table, then the proposal-count
+sweep) the table gives the paper's mAP (NaN where the paper has none), the
 paper's change against that row's baseline (``paper_baseline_key``: "shared" for unshared,
 "unshared" for "SS train, RPN test" and the one-stage system, "SS train, RPN test" for the
 rows from top-100 to stronger RPN), our mAP, our change against the same baseline row of

@@ -66,7 +66,7 @@ def make_repo(dest: Path, overrides: list[str]) -> Path:
     return dest
 
 
-def run(cmd: list[str], repo: Path, env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess:
+def run(cmd: list[str], repo: Path, env: dict[str, str], timeout: float = 1800) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
@@ -218,6 +218,15 @@ def test_dvc_repro_runs_every_stage_and_writes_its_outputs(repro_repo: dict, env
     assert 0.0 <= evaluation["mAP"] <= 1.0 and 0.0 <= evaluation["unshared_mAP"] <= 1.0
     assert set(evaluation["shared"]["ap"]) == {"circle", "square", "triangle"}
     assert "AP50" in evaluation["shared"]["coco"]
+    # The report has every row and is printed at the end of `dvc repro`.
+    from tasks.ablation_report import read_report_csv
+
+    table = read_report_csv(repo / "reports/ablations.csv")
+    assert list(table.index) == list(ROW_KEYS)
+    assert "rows agree in sign with the paper" in output.split("Running stage 'ablation_report'")[1]
+    recall_csv = (repo / "reports/recall_vs_iou.csv").read_text().splitlines()
+    assert recall_csv[0].startswith("iou,ss_300,ss_1000,ss_2000,rpn_shared_300")
+    assert len(recall_csv) == 1 + 10  # IoU 0.5, 0.55, ..., 0.95
     step2 = json.loads((repo / "metrics/step2_fast_rcnn.json").read_text())
     assert step2["iterations"] == 4 and step2["resumed_from"] == 0 and "mAP" in step2
     # dvc.lock is true: nothing to do.
@@ -253,6 +262,20 @@ def test_each_stage_logged_an_mlflow_run(repro_repo: dict) -> None:
         assert [m.step for m in history] == [1, 2, 3, 4], stage
         artifacts = {a.path for a in client.list_artifacts(by_stage[stage].info.run_id, "plots")}
         assert "plots/loss.png" in artifacts
+    # Ablations: every row its own run with its mAP; the recall table per method; the report
+    # as metrics, files and an MLflow table.
+    for key in ROW_KEYS:
+        row_run = by_stage[row_stage(key)]
+        assert row_run.data.tags["ablation_row"] == key and 0.0 <= row_run.data.metrics["mAP"] <= 1.0
+    recall = by_stage["proposal_recall"].data.metrics
+    for method in ("ss", "rpn_shared", "rpn_unshared", "rpn_strong"):
+        assert 0.0 <= recall[f"{method}/recall/300/0.7"] <= 1.0
+    report = by_stage["ablation_report"]
+    assert report.data.metrics["rows_compared"] >= 1
+    assert {f"ablation_{key}_map" for key in ROW_KEYS} <= set(report.data.metrics)
+    report_files = {a.path for a in client.list_artifacts(report.info.run_id, "ablations")}
+    assert {"ablations/ablations.md", "ablations/ablations.csv", "ablations/ablations.png",
+            "ablations/ablations_table.json"} <= report_files
     # The final model went through mlflow.pytorch.log_model.
     models = client.search_logged_models(experiment_ids=[by_stage["assemble"].info.experiment_id])
     assert [m.name for m in models if m.source_run_id == by_stage["assemble"].info.run_id] == ["faster_rcnn"]

@@ -5,7 +5,7 @@ p = ``pool_size``; feature maps ``[N, C, Hf, Wf]`` with Hf about H / 16.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -120,9 +120,9 @@ def load_state_dict_file(path: Path, what: str) -> dict[str, Tensor]:
     return state
 
 
-def load_strict(model: nn.Module, state: dict[str, Tensor], path: Path | str, what: str) -> None:
-    """Load ``state`` into ``model`` requiring the same keys and shapes; errors name the file."""
-    own = model.state_dict()
+def state_mismatch(own: Mapping[str, Tensor], state: Mapping[str, Tensor], limit: int = 5) -> str | None:
+    """None when ``state`` has exactly ``own``'s keys and shapes, else one line saying what
+    differs (missing keys, unexpected keys, shape mismatches; the first ``limit`` of each)."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mis_shaped = sorted(
@@ -130,11 +130,19 @@ def load_strict(model: nn.Module, state: dict[str, Tensor], path: Path | str, wh
         for k in set(own) & set(state)
         if state[k].shape != own[k].shape
     )
-    if missing or unexpected or mis_shaped:
-        raise WeightsMismatchError(
-            f"{what}: {path} does not match the architecture: "
-            f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''} ({len(missing)}), "
-            f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''} ({len(unexpected)}), "
-            f"shape mismatches {mis_shaped[:10]} ({len(mis_shaped)})"
-        )
+    if not (missing or unexpected or mis_shaped):
+        return None
+
+    def head(items: list[str]) -> str:
+        more = f" and {len(items) - limit} more" if len(items) > limit else ""
+        return f"[{', '.join(items[:limit])}{more}] ({len(items)})"
+
+    return f"missing keys {head(missing)}, unexpected keys {head(unexpected)}, shape mismatches {head(mis_shaped)}"
+
+
+def load_strict(model: nn.Module, state: dict[str, Tensor], path: Path | str, what: str) -> None:
+    """Load ``state`` into ``model`` requiring the same keys and shapes; errors name the file."""
+    problem = state_mismatch(model.state_dict(), state)
+    if problem:
+        raise WeightsMismatchError(f"{what}: {path} does not match the architecture: {problem}")
     model.load_state_dict(state, strict=True)
