@@ -224,16 +224,21 @@ class FasterRCNN(nn.Module):
 
     # --------------------------------------------------------------- inference
     def propose(
-        self, image: Tensor, scale: float, proposal_cfg: ProposalConfig | None = None
+        self,
+        image: Tensor,
+        scale: float,
+        proposal_cfg: ProposalConfig | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
         """RPN proposals ``[P, 4]`` in ORIGINAL-image pixels and scores ``[P]``, rank order.
 
-        ``proposal_cfg`` defaults to ``cfg.test_proposals``. Runs in eval mode, no grad.
+        ``proposal_cfg`` defaults to ``cfg.test_proposals``; ``generator`` drives its "random"
+        ranking (None: torch's global generator). Runs in eval mode, no grad.
         """
         cfg = proposal_cfg or self.cfg.test_proposals
         with _evaluating(self):
             features = self.features(image)
-            out = self.rpn(features, int(image.shape[1]), int(image.shape[2]), scale, cfg)
+            out = self.rpn(features, int(image.shape[1]), int(image.shape[2]), scale, cfg, generator=generator)
         return out.proposals / scale, out.scores
 
     def detect(self, image: Tensor, scale: float, proposals: Tensor | None = None) -> Detections:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -29,17 +30,19 @@ def propose_dataset(
     dataset: DetectionDataset,
     proposal_cfg: ProposalConfig | None = None,
     progress: bool = True,
+    generator: torch.Generator | None = None,
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """``image_id -> (boxes [P, 4], scores [P])`` on the CPU, in the RPN's rank order.
 
     ``proposal_cfg`` defaults to ``cfg.test_proposals``; for caching proposals to train a
     detector on, pass ``cfg.cache_proposals`` (all -> NMS -> 2000). With the default "score"
-    ranking the order is by decreasing score; with "random" ranking it is the random rank.
+    ranking the order is by decreasing score; with "random" ranking it is the random rank,
+    drawn from ``generator`` (None: torch's global one).
     """
     out: dict[str, tuple[Tensor, Tensor]] = {}
     for record in tqdm(dataset.records, desc="proposals", disable=not progress, dynamic_ncols=True):
         image, scale = _input(model, record)
-        boxes, scores = model.propose(image, scale, proposal_cfg)
+        boxes, scores = model.propose(image, scale, proposal_cfg, generator)
         out[record.image_id] = (boxes.cpu(), scores.cpu())
     return out
 

@@ -81,9 +81,9 @@ def row_proposals(row: AblationRow, dataset: DetectionDataset, params: Mapping[s
         return load_cache(SS_STAGE, "test", params, ids).boxes(top_n=top_n)
     rpn = load_model(RPN_CHECKPOINTS[row.proposal_source], params)
     cfg = ablation_proposal_config(row, rpn.cfg.test_proposals)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_SEED)
-        proposals = propose_dataset(rpn, dataset, cfg)
+    # A generator of its own: rows may run in threads side by side (the pipeline flow).
+    generator = torch.Generator().manual_seed(RANDOM_SEED)
+    proposals = propose_dataset(rpn, dataset, cfg, generator=generator)
     return {image_id: boxes for image_id, (boxes, _) in proposals.items()}
 
 
