@@ -286,15 +286,24 @@ def test_prefect_saw_every_stage_flow(repro_repo: dict, prefect_api: str) -> Non
 
     from prefect.client.orchestration import get_client
 
+    async def all_flow_runs(client) -> list:
+        runs, offset = [], 0
+        while True:  # the API serves at most 200 per request
+            page = await client.read_flow_runs(limit=200, offset=offset)
+            runs += page
+            offset += len(page)
+            if len(page) < 200:
+                return runs
+
     async def names() -> list[tuple[str, str]]:
         async with get_client() as client:
-            runs = await client.read_flow_runs(limit=400)
+            runs = await all_flow_runs(client)
             flows = {f.id: f.name for f in await client.read_flows(limit=200)}
             return [(flows[r.flow_id], r.state.type.value) for r in runs]
 
     async def run_names() -> list[tuple[str, str, str]]:
         async with get_client() as client:
-            runs = await client.read_flow_runs(limit=400)
+            runs = await all_flow_runs(client)
             flows = {f.id: f.name for f in await client.read_flows(limit=200)}
             return [(flows[r.flow_id], r.name, r.state.type.value) for r in runs]
 
