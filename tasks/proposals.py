@@ -13,7 +13,7 @@ top 300 / 1000 / 2000 proposals, average recall (IoU 0.5:0.95), and a recall-vs-
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prefect import task
@@ -114,27 +114,46 @@ def score_recall(dataset: Any, boxes: Mapping[str, Any], params: Mapping[str, An
     return recall_metrics(result, ious), result
 
 
-def cache_proposals(stage: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    rpn_stage = RPN_OF[stage]
+def cache_splits(
+    stage: str,
+    params: Mapping[str, Any],
+    propose: Callable[[Any], Mapping[str, tuple[Any, Any]]],
+    fingerprint: Callable[[str, list[str]], dict[str, Any]],
+    title: str,
+) -> dict[str, Any]:
+    """Propose on the train and test splits, cache each with its fingerprint, and score the
+    test cache's recall (read back through ``load_cache``, as the next stage reads it).
+
+    ``propose(dataset)`` gives ``image_id -> (boxes, scores)``; ``fingerprint(role, ids)``
+    what made them. Returns the stage's metrics: mean proposals per image and recall.
+    """
     manifest = read_manifest()
-    model = load_model(layout.checkpoint(rpn_stage), params)
-    cfg = model.cfg.cache_proposals
     metrics: dict[str, Any] = {}
     for role in ("train", "test"):
         dataset = load_split(role, manifest)
         ids = [r.image_id for r in dataset.records]
-        proposals = propose_dataset(model, dataset, cfg)
-        save_proposal_cache(layout.proposals(stage, role), proposals, expected_fingerprint(rpn_stage, params, ids))
+        proposals = propose(dataset)
+        save_proposal_cache(layout.proposals(stage, role), proposals, fingerprint(role, ids))
         counts = [int(boxes.shape[0]) for boxes, _ in proposals.values()]
         metrics[f"{role}_mean_proposals"] = sum(counts) / max(1, len(counts))
         if role == "test":
             cache = load_cache(stage, role, params, ids)
-            recall, _ = score_recall(
-                dataset, cache.boxes(), params, layout.plot(stage, "recall_vs_iou"),
-                f"{rpn_stage} proposals on the test split "
-                f"({'all' if cfg.post_nms_top_n <= 0 else f'at most {cfg.post_nms_top_n}'} cached per image)",
-            )
+            recall, _ = score_recall(dataset, cache.boxes(), params, layout.plot(stage, "recall_vs_iou"), title)
             metrics.update(recall)
+    return metrics
+
+
+def cache_proposals(stage: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    rpn_stage = RPN_OF[stage]
+    model = load_model(layout.checkpoint(rpn_stage), params)
+    cfg = model.cfg.cache_proposals
+    metrics = cache_splits(
+        stage, params,
+        propose=lambda dataset: propose_dataset(model, dataset, cfg),
+        fingerprint=lambda role, ids: expected_fingerprint(rpn_stage, params, ids),
+        title=f"{rpn_stage} proposals on the test split "
+        f"({'all' if cfg.post_nms_top_n <= 0 else f'at most {cfg.post_nms_top_n}'} cached per image)",
+    )
     write_json(layout.metrics(stage), metrics)
     return metrics
 

@@ -19,13 +19,12 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from model.proposal_cache import save_proposal_cache
 from model.selective_search import selective_search_dataset
 from tasks import layout
 from tasks.atomic import write_json
-from tasks.data import load_split, read_manifest
+from tasks.data import read_manifest
 from tasks.params import get
-from tasks.proposals import SS_PARAMS, SS_STAGE, load_cache, score_recall, ss_fingerprint
+from tasks.proposals import SS_PARAMS, SS_STAGE, cache_splits, ss_fingerprint
 
 PARAMS = (*SS_PARAMS, "evaluate.recall_top_ns", "evaluate.recall_ious")
 #: ``ablations.selective_search`` keys, passed to ``selective_search_dataset``.
@@ -43,24 +42,15 @@ def ss_settings(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def compute_ss_proposals(params: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
     settings = ss_settings(params)
-    manifest = read_manifest()
+    digests = {role: split["digest"] for role, split in read_manifest()["splits"].items()}
     metrics: dict[str, Any] = {"settings": settings}
-    for role in ("train", "test"):
-        dataset = load_split(role, manifest)
-        ids = [r.image_id for r in dataset.records]
-        proposals = selective_search_dataset(dataset, progress=progress, **settings)
-        fingerprint = ss_fingerprint(params, manifest["splits"][role]["digest"], ids)
-        save_proposal_cache(layout.proposals(SS_STAGE, role), proposals, fingerprint)
-        counts = [int(boxes.shape[0]) for boxes, _ in proposals.values()]
-        metrics[f"{role}_mean_proposals"] = sum(counts) / max(1, len(counts))
-        if role == "test":
-            cache = load_cache(SS_STAGE, role, params, ids)
-            recall, _ = score_recall(
-                dataset, cache.boxes(), params, layout.plot(SS_STAGE, "recall_vs_iou"),
-                f"selective search ({settings.get('mode', 'fast')}) on the test split, "
-                f"at most {settings.get('max_proposals')} per image",
-            )
-            metrics.update(recall)
+    metrics.update(cache_splits(
+        SS_STAGE, params,
+        propose=lambda dataset: selective_search_dataset(dataset, progress=progress, **settings),
+        fingerprint=lambda role, ids: ss_fingerprint(params, digests[role], ids),
+        title=f"selective search ({settings.get('mode', 'fast')}) on the test split, "
+        f"at most {settings.get('max_proposals')} per image",
+    ))
     write_json(layout.metrics(SS_STAGE), metrics)
     return metrics
 
