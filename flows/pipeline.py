@@ -39,7 +39,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import ablations
-from tasks.layout import ABLATION_ROW_STAGE, STAGES, workspace
+from tasks.layout import STAGES, row_key, workspace
 from tasks.tracking import PIPELINE_RUN_ENV
 
 WORKERS_ENV = "FRCNN_ABLATION_WORKERS"
@@ -90,16 +90,11 @@ def _logger() -> Any:
         return logging.getLogger("flows.pipeline")
 
 
-def _is_row(stage: str) -> bool:
-    return stage.startswith(f"{ABLATION_ROW_STAGE}@")
-
-
 def run_rows_concurrently(root: Path, rows: list[str], log: Any) -> None:
     """Evaluate the stale ablation rows as concurrent Prefect task runs, then commit each."""
     futures = {}
     for stage in rows:
-        key = stage.split("@", 1)[1]
-        futures[stage] = ablations.ablation_row_task.submit(key, stage_params(stage))
+        futures[stage] = ablations.ablation_row_task.submit(row_key(stage), stage_params(stage))
     log.info("evaluating %d ablation rows, %d at a time", len(rows), ablation_workers())
     for stage, future in futures.items():
         future.result()
@@ -135,7 +130,7 @@ def pipeline_flow(
     for stage in STAGES:
         if stage not in wanted:
             continue
-        if pending_rows and not _is_row(stage):
+        if pending_rows and row_key(stage) is None:
             run_rows_concurrently(root, pending_rows, log)
             pending_rows = []
         status = stale_stages(root, stage)
@@ -145,7 +140,7 @@ def pipeline_flow(
             continue
         log.info("running stage %s (%s)", stage, "forced" if force and not status else status)
         ran.append(stage)
-        if concurrent_rows and _is_row(stage):
+        if concurrent_rows and row_key(stage) is not None:
             pending_rows.append(stage)  # every row's inputs are ready: the model stages came first
             continue
         flow_fn, args = stage_call(stage)

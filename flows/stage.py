@@ -29,7 +29,7 @@ from tasks import (
     train,
     weights,
 )
-from tasks.layout import ROW_KEYS, STAGES, row_stage
+from tasks.layout import ROW_KEYS, STAGES, row_key, row_stage
 from tasks.params import load_params, select
 
 #: dvc.yaml ``params:`` of every stage.
@@ -178,8 +178,8 @@ assert tuple(STAGE_FLOWS) == STAGES == tuple(STAGE_PARAMS)
 
 def stage_call(stage: str) -> tuple[Callable[..., Any], tuple[Any, ...]]:
     """The flow that runs ``stage`` and its arguments (the row key for ``ablation@<row>``)."""
-    flow_fn = STAGE_FLOWS[stage]
-    return flow_fn, ((stage.split("@", 1)[1],) if "@" in stage else ())
+    key = row_key(stage)
+    return STAGE_FLOWS[stage], ((key,) if key is not None else ())
 
 
 def configure_threads() -> None:

@@ -14,21 +14,26 @@ tolerance is applied: the paper's numbers are given to 0.1 and ours are unrounde
 baseline was not run, or the row is the study's baseline and has no change).
 
 The builder functions are plain; ``ablation_report_task`` is the stage's Prefect task; MLflow is
-imported only inside ``log_report_to_mlflow``.
+imported only inside ``log_report``.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from model.atomic import atomic_path
 from model.ablations import ABLATION_ROWS, ALL_ROWS, AblationRow, check_rows
+from tasks import layout
+from tasks.atomic import write_json, write_text
+from tasks.params import get
+from tasks.plots import save_figure
 
 COLUMNS = ("row", "what changes", "paper mAP", "paper change", "our mAP (%)", "our change", "signs agree")
 UNITS = ("auto", "fraction", "percent")
@@ -140,16 +145,8 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` into a temporary file beside ``path``, then rename it over ``path``."""
-    with atomic_path(path) as tmp:
-        write(tmp)
-
-
 def _plot(table: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
-
-    from tasks.plots import _save as save_png
 
     labels = list(table["row"])
     positions = np.arange(len(labels))
@@ -173,7 +170,7 @@ def _plot(table: pd.DataFrame, path: Path) -> None:
     except BaseException:
         plt.close(fig)
         raise
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 def write_report(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
@@ -186,8 +183,8 @@ def write_report(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
         "\nChanges are against each row's baseline row (see `model/ablations.py`); "
         "signs agree when both changes have the same sign, 0 agreeing only with 0.\n"
     )
-    _atomic_write(paths["markdown"], lambda p: p.write_text(markdown, encoding="utf-8"))
-    _atomic_write(paths["csv"], lambda p: table.to_csv(p, index=True))
+    write_text(paths["markdown"], markdown)
+    write_text(paths["csv"], table.to_csv(index=True))
     _plot(table, paths["png"])
     return paths
 
@@ -202,32 +199,22 @@ def read_report_csv(path: str | Path) -> pd.DataFrame:
     return table
 
 
-def log_report_to_mlflow(table: pd.DataFrame, paths: Mapping[str, Path], artifact_path: str = "ablations") -> None:
-    """Log our mAP and change per row as metrics and the report files as artifacts, into
-    the active MLflow run (one is started if none is active; the caller sets the URI)."""
+def log_report(run: Any, table: pd.DataFrame, paths: Mapping[str, Path]) -> None:
+    """Into the stage's MLflow run (``tasks.tracking.StageRun``): our mAP and change per row,
+    the fraction of rows whose signs agree, the report files and the table itself."""
     import mlflow
 
     metrics: dict[str, float] = {}
     for key, line in table.iterrows():
         for column, name in (("our mAP (%)", "map"), ("our change", "change")):
-            value = float(line[column])
-            if not math.isnan(value):
-                metrics[f"ablation_{key}_{name}"] = value
+            metrics[f"ablation_{key}_{name}"] = float(line[column])  # NaN is left out when logged
     agree = table["signs agree"].dropna()
     if len(agree):
         metrics["ablation_signs_agree_fraction"] = float(agree.astype(bool).mean())
-
-    def _log() -> None:
-        if metrics:
-            mlflow.log_metrics(metrics)
-        for path in paths.values():
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
-
-    if mlflow.active_run() is None:
-        with mlflow.start_run(run_name="ablation_report"):
-            _log()
-    else:
-        _log()
+    run.log_metrics(metrics)
+    for path in paths.values():
+        run.log_artifact(path, "ablations")
+    mlflow.log_table(table.reset_index(), artifact_file="ablations/ablations_table.json")
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -238,10 +225,6 @@ PARAMS: tuple[str, ...] = ()  # reads only the rows' metrics files
 def read_row_results(rows: Sequence[AblationRow] = ALL_ROWS) -> dict[str, float]:
     """Our mAP (fraction) per row from ``metrics/ablations/<key>.json``; a missing or
     unreadable file is an error naming it (every row stage runs before the report)."""
-    import json
-
-    from tasks import layout
-
     ours: dict[str, float] = {}
     for row in rows:
         path = layout.row_metrics(row.key)
@@ -268,9 +251,6 @@ def report_summary(table: pd.DataFrame) -> dict[str, object]:
 
 def build_report(rows: Sequence[AblationRow] = ALL_ROWS) -> tuple[pd.DataFrame, dict[str, Path], dict[str, object]]:
     """The report stage's work: read the rows, write ``reports/ablations.*`` and its metrics."""
-    from tasks import layout
-    from tasks.atomic import write_json
-
     table = build_ablation_table(read_row_results(rows), rows=rows, unit="fraction")
     paths = write_report(table, layout.REPORTS)
     summary = report_summary(table)
@@ -281,15 +261,11 @@ def build_report(rows: Sequence[AblationRow] = ALL_ROWS) -> tuple[pd.DataFrame, 
 @task(name="ablation_report", cache_policy=NO_CACHE)
 def ablation_report_task(params: dict[str, object]) -> dict[str, object]:
     """Prefect task: the report; printed, and logged to MLflow as metrics, artifacts and a table."""
-    from tasks.params import get
     from tasks.tracking import stage_run
 
     with stage_run(STAGE, str(get(params, "tracking.experiment")), params) as run:
         table, paths, summary = build_report()
-        log_report_to_mlflow(table, paths)
-        import mlflow
-
-        mlflow.log_table(table.reset_index(), artifact_file="ablations/ablations_table.json")
+        log_report(run, table, paths)
         run.log_metrics({"rows_compared": summary["rows_compared"], "signs_agree": summary["signs_agree"]})
     print("\n" + paths["markdown"].read_text(encoding="utf-8"))
     print(f"{summary['signs_agree']} of {summary['rows_compared']} rows agree in sign with the paper"

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from model.ablations import AblationRow, ablation_proposal_config, ablation_row
 from model.data.records import DetectionDataset
+from model.faster_rcnn import FasterRCNN
 from model.inference import propose_dataset
 from model.one_stage import load_one_stage
 from tasks import layout
@@ -73,13 +74,21 @@ def row_inputs(row: AblationRow) -> list[Path]:
     return sorted(set(inputs), key=inputs.index)
 
 
-def row_proposals(row: AblationRow, dataset: DetectionDataset, params: Mapping[str, Any]) -> dict[str, Tensor]:
-    """Test proposals of ``row``: ``image_id -> [P, 4]`` in original pixels, rank order."""
+def row_proposals(
+    row: AblationRow, dataset: DetectionDataset, params: Mapping[str, Any], detector: FasterRCNN | None = None
+) -> dict[str, Tensor]:
+    """Test proposals of ``row``: ``image_id -> [P, 4]`` in original pixels, rank order.
+
+    ``detector``, the row's detector when already loaded, serves as the RPN too where both
+    come from one checkpoint (the ``shared`` row) instead of loading that file twice.
+    """
     ids = [r.image_id for r in dataset.records]
     if row.proposal_source == "ss":
         top_n = int(row.proposal_cfg.get("post_nms_top_n", 0)) or None
         return load_cache(SS_STAGE, "test", params, ids).boxes(top_n=top_n)
-    rpn = load_model(RPN_CHECKPOINTS[row.proposal_source], params)
+    path = RPN_CHECKPOINTS[row.proposal_source]
+    same_file = detector is not None and path == DETECTOR_CHECKPOINTS[row.detector]
+    rpn = detector if same_file else load_model(path, params)
     cfg = ablation_proposal_config(row, rpn.cfg.test_proposals)
     # A generator of its own: rows may run in threads side by side (the pipeline flow).
     generator = torch.Generator().manual_seed(RANDOM_SEED)
@@ -98,8 +107,8 @@ def evaluate_row(key: str, params: Mapping[str, Any], progress: bool = True) -> 
         scores, _, _ = evaluate_detector(model, test, metric, progress=progress)
         per_image = None  # every anchor is a window
     else:
-        proposals = row_proposals(row, test, params)
         detector = load_model(DETECTOR_CHECKPOINTS[row.detector], params)
+        proposals = row_proposals(row, test, params, detector)
         scores, _, _ = evaluate_detector(detector, test, metric, proposals=proposals, progress=progress)
         per_image = sum(int(b.shape[0]) for b in proposals.values()) / max(1, len(proposals))
     metrics = {

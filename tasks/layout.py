@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from model.ablations import ALL_ROWS
+
 #: The alternating-training stages in pipeline order (dvc.yaml's order).
 ALTERNATING_STAGES: tuple[str, ...] = (
     "prepare_data",
@@ -43,13 +45,13 @@ def row_stage(key: str) -> str:
     return f"{ABLATION_ROW_STAGE}@{key}"
 
 
-def _row_keys() -> tuple[str, ...]:
-    from model.ablations import ALL_ROWS
+def row_key(stage: str) -> str | None:
+    """The ablation row a stage evaluates (``ablation@<key>`` -> ``key``); None for other stages."""
+    prefix = f"{ABLATION_ROW_STAGE}@"
+    return stage[len(prefix):] if stage.startswith(prefix) else None
 
-    return tuple(row.key for row in ALL_ROWS)
 
-
-ROW_KEYS: tuple[str, ...] = _row_keys()
+ROW_KEYS: tuple[str, ...] = tuple(row.key for row in ALL_ROWS)
 #: Every stage DVC knows, in dvc.yaml's order (the foreach stage expanded).
 STAGES: tuple[str, ...] = (
     ALTERNATING_STAGES + ABLATION_MODEL_STAGES + tuple(row_stage(k) for k in ROW_KEYS) + REPORT_STAGES

@@ -10,12 +10,10 @@ Not resumable: a killed run starts over (a few minutes on the CPU default).
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -27,7 +25,7 @@ from tasks.data import load_split, read_classes, read_manifest
 from tasks.evaluate import evaluate_detector
 from tasks.params import dataclass_from, get, with_settings
 from tasks.train import loss_summary
-from tasks.weights import device, initial_config
+from tasks.weights import device, initial_config, seeded
 
 STAGE = "one_stage"
 PARAMS = (
@@ -50,14 +48,11 @@ def schedule(params: Mapping[str, Any]) -> TrainSchedule:
 
 
 def build(params: Mapping[str, Any]) -> OneStageDetector:
-    """A fresh one-stage detector with the stage's settings; new layers seeded."""
+    """A fresh one-stage detector with the stage's settings (``model.rpn.allowed_border`` and
+    ``mid_channels`` included); new layers seeded."""
     cfg = with_settings(initial_config(params, read_classes()), params)
-    # initial_config leaves the RPN settings at their defaults: take allowed_border too.
-    rpn = dataclasses.replace(cfg.rpn, allowed_border=get(params, "model.rpn.allowed_border"))
-    cfg = dataclasses.replace(cfg, rpn=rpn)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(get(params, "pipeline.init_seed")))
-        return OneStageDetector(cfg, dict(get(params, "model.backbone_options") or {}))
+    options = dict(get(params, "model.backbone_options") or {})
+    return seeded(params, lambda: OneStageDetector(cfg, options))
 
 
 def train_and_score(params: Mapping[str, Any], on_log: Any = None, progress: bool = True) -> dict[str, Any]:

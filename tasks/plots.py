@@ -21,7 +21,8 @@ from tasks.atomic import atomic_path  # noqa: E402
 _PNG_METADATA = {"Software": None}
 
 
-def _save(fig: plt.Figure, target: Path | str) -> Path:
+def save_figure(fig: plt.Figure, target: Path | str) -> Path:
+    """Write ``fig`` as PNG to ``target`` atomically (no varying metadata), then close it."""
     with atomic_path(target) as tmp:
         fig.savefig(tmp, format="png", dpi=110, metadata=_PNG_METADATA)
     plt.close(fig)
@@ -57,7 +58,7 @@ def loss_curves(history: Sequence[Mapping[str, float]], target: Path | str, titl
         twin.set_ylabel("learning rate", color="grey")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, target)
+    return save_figure(fig, target)
 
 
 def pr_curves(curves: Mapping[str, object], target: Path | str, title: str) -> Path:
@@ -80,7 +81,7 @@ def pr_curves(curves: Mapping[str, object], target: Path | str, title: str) -> P
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, target)
+    return save_figure(fig, target)
 
 
 def recall_vs_iou(
@@ -98,7 +99,7 @@ def recall_vs_iou(
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, target)
+    return save_figure(fig, target)
 
 
 def recall_vs_iou_by_method(
@@ -119,4 +120,4 @@ def recall_vs_iou_by_method(
     axes[0][0].set_ylabel("recall")
     axes[0][0].legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    return _save(fig, target)
+    return save_figure(fig, target)

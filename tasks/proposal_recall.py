@@ -29,14 +29,12 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from model.evaluation import proposal_recall
-from model.evaluation.recall import DEFAULT_IOU_THRESHOLDS
 from model.inference import propose_dataset
 from tasks import layout, plots
 from tasks.atomic import write_json, write_text
 from tasks.data import load_split, read_manifest
 from tasks.params import get
-from tasks.proposals import SS_PARAMS, SS_STAGE, load_cache, recall_metrics
+from tasks.proposals import SS_PARAMS, SS_STAGE, load_cache, measure_recall
 from tasks.weights import load_model
 
 STAGE = "proposal_recall"
@@ -66,8 +64,7 @@ def compute(params: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
     test = load_split("test", manifest)
     ids = [r.image_id for r in test.records]
     top_ns = [int(n) for n in get(params, "evaluate.recall_top_ns")]
-    ious = [float(x) for x in get(params, "evaluate.recall_ious")]
-    thresholds = sorted(set(DEFAULT_IOU_THRESHOLDS) | set(ious))
+    metrics: dict[str, Any] = {}
     results: dict[str, Any] = {}
     for method, (_, checkpoint) in METHODS.items():
         if checkpoint is None:
@@ -76,11 +73,10 @@ def compute(params: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
             rpn = load_model(checkpoint, params)
             cfg = dataclasses.replace(rpn.cfg.cache_proposals, post_nms_top_n=max(top_ns))
             boxes = {k: b for k, (b, _) in propose_dataset(rpn, test, cfg, progress=progress).items()}
-        results[method] = proposal_recall(test, boxes, top_ns=top_ns, iou_thresholds=thresholds)
+        metrics[method], results[method] = measure_recall(test, boxes, params)
     write_text(CSV, recall_table(results).to_csv(index=False, float_format="%.6f"))
     curves = {METHODS[m][0]: (r.iou_thresholds, r.recall) for m, r in results.items()}
     plots.recall_vs_iou_by_method(curves, top_ns, layout.plot(STAGE, "recall_vs_iou"))
-    metrics = {method: recall_metrics(result, ious) for method, result in results.items()}
     write_json(layout.metrics(STAGE), metrics)
     return metrics
 

@@ -100,18 +100,21 @@ def recall_metrics(result: Any, ious: list[float]) -> dict[str, Any]:
     }
 
 
-def score_recall(dataset: Any, boxes: Mapping[str, Any], params: Mapping[str, Any], plot: Any, title: str) -> tuple[dict[str, Any], Any]:
+def measure_recall(dataset: Any, boxes: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
     """Recall of ``boxes`` (image id -> ``[P, 4]`` by rank) at ``evaluate.recall_top_ns`` and
-    IoU 0.5:0.05:0.95 (plus ``evaluate.recall_ious``); draws the recall-vs-IoU plot.
-
-    Returns ``(recall_metrics(...), RecallResult)``.
-    """
+    IoU 0.5:0.05:0.95 (plus ``evaluate.recall_ious``): ``(recall_metrics(...), RecallResult)``."""
     ious = [float(x) for x in get(params, "evaluate.recall_ious")]
     thresholds = sorted(set(DEFAULT_IOU_THRESHOLDS) | set(ious))
     top_ns = [int(n) for n in get(params, "evaluate.recall_top_ns")]
     result = proposal_recall(dataset, boxes, top_ns=top_ns, iou_thresholds=thresholds)
-    plots.recall_vs_iou(result.top_ns, result.iou_thresholds, result.recall, plot, title)
     return recall_metrics(result, ious), result
+
+
+def score_recall(dataset: Any, boxes: Mapping[str, Any], params: Mapping[str, Any], plot: Any, title: str) -> tuple[dict[str, Any], Any]:
+    """``measure_recall`` and the recall-vs-IoU plot of it."""
+    metrics, result = measure_recall(dataset, boxes, params)
+    plots.recall_vs_iou(result.top_ns, result.iou_thresholds, result.recall, plot, title)
+    return metrics, result
 
 
 def cache_splits(

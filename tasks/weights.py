@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from prefect import task
@@ -44,6 +44,8 @@ from model.faster_rcnn import FasterRCNN
 from tasks import layout
 from tasks.data import read_classes
 from tasks.params import dataclass_from, get, with_settings
+
+T = TypeVar("T")
 
 PARAMS = (
     "model.backbone",
@@ -82,16 +84,19 @@ def initial_config(params: Mapping[str, Any], class_names: Sequence[str]) -> Det
     )
 
 
-def _seeded_network(cfg: DetectorConfig, options: Mapping[str, Any], params: Mapping[str, Any]) -> FasterRCNN:
+def seeded(params: Mapping[str, Any], make: Callable[[], T]) -> T:
+    """``make()`` with torch's CPU generator seeded from ``pipeline.init_seed``, so fresh
+    layers are reproducible; the global generator is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(get(params, "pipeline.init_seed")))
-        return FasterRCNN(cfg, dict(options))
+        return make()
 
 
 def build_initial(params: Mapping[str, Any], class_names: Sequence[str]) -> FasterRCNN:
     """The network of ``init_weights``; fresh layers drawn from ``pipeline.init_seed``."""
     cfg = initial_config(params, class_names)
-    return _seeded_network(cfg, get(params, "model.backbone_options") or {}, params)
+    options = dict(get(params, "model.backbone_options") or {})
+    return seeded(params, lambda: FasterRCNN(cfg, options))
 
 
 #: What the "stronger RPN" ablation's fresh network reads besides the RPN step's params.
@@ -105,7 +110,8 @@ def build_stronger_rpn(params: Mapping[str, Any], class_names: Sequence[str]) ->
     stronger = get(params, "model.stronger_rpn")
     model = {**get(params, "model"), "backbone": stronger["backbone"]}
     cfg = with_settings(initial_config({**params, "model": model}, class_names), params)
-    return _seeded_network(cfg, stronger.get("backbone_options") or {}, params)
+    options = dict(stronger.get("backbone_options") or {})
+    return seeded(params, lambda: FasterRCNN(cfg, options))
 
 
 def load_model(path: Path | str, params: Mapping[str, Any], on: torch.device | str | None = None) -> FasterRCNN:
