@@ -29,6 +29,7 @@ from model.config import DetectorConfig, ProposalConfig
 from model.detections import Detections
 from model.roi import DetectorHead, detector_loss, postprocess_detections, sample_rois
 from model.rpn.network import RegionProposalNetwork
+from model.timing import NO_TIMER, PhaseTimer
 
 # During the RPN steps the proposals are not used; the RPN still returns some, so ask
 # for as few as possible (one box, no NMS) to keep the step cheap.
@@ -241,28 +242,43 @@ class FasterRCNN(nn.Module):
             out = self.rpn(features, int(image.shape[1]), int(image.shape[2]), scale, cfg, generator=generator)
         return out.proposals / scale, out.scores
 
-    def detect(self, image: Tensor, scale: float, proposals: Tensor | None = None) -> Detections:
+    def detect(
+        self,
+        image: Tensor,
+        scale: float,
+        proposals: Tensor | None = None,
+        *,
+        proposal_cfg: ProposalConfig | None = None,
+        timer: PhaseTimer | None = None,
+    ) -> Detections:
         """Detections of one image in original-image pixels.
 
         ``proposals`` ``[P, 4]`` in original-image pixels replace the RPN's (selective
         search, random or cached boxes for the ablations); None uses the model's own RPN
-        with ``cfg.test_proposals``. Runs in eval mode, no grad.
+        with ``proposal_cfg`` (default ``cfg.test_proposals``). ``timer`` (a
+        ``model.timing.PhaseTimer``) is billed the paper's Table-5 phases: "conv",
+        "proposal", "region". Runs in eval mode, no grad.
         """
+        timer = timer or NO_TIMER
         height, width = int(image.shape[1]), int(image.shape[2])
         with _evaluating(self):
-            features = self.features(image)
-            if proposals is None:
-                rois = self.rpn(features, height, width, scale, self.cfg.test_proposals).proposals
-            else:
-                if proposals.dim() != 2 or proposals.shape[1] != 4:
-                    raise ValueError(f"proposals must be [P, 4], got {tuple(proposals.shape)}")
-                rois = proposals.to(features.device, features.dtype) * scale
+            with timer.phase("conv"):
+                features = self.features(image)
+            with timer.phase("proposal"):
+                if proposals is None:
+                    cfg = proposal_cfg or self.cfg.test_proposals
+                    rois = self.rpn(features, height, width, scale, cfg).proposals
+                else:
+                    if proposals.dim() != 2 or proposals.shape[1] != 4:
+                        raise ValueError(f"proposals must be [P, 4], got {tuple(proposals.shape)}")
+                    rois = proposals.to(features.device, features.dtype) * scale
             if rois.shape[0] == 0:
                 return Detections.empty()
-            logits, deltas = self.roi_head(features, rois)
-            probs = F.softmax(logits, dim=1)
-            deltas = self.roi_head.unnormalize_deltas(deltas)
-            return postprocess_detections(rois, probs, deltas, height, width, scale, self.cfg.test)
+            with timer.phase("region"):
+                logits, deltas = self.roi_head(features, rois)
+                probs = F.softmax(logits, dim=1)
+                deltas = self.roi_head.unnormalize_deltas(deltas)
+                return postprocess_detections(rois, probs, deltas, height, width, scale, self.cfg.test)
 
 
 class _evaluating:

@@ -32,8 +32,10 @@ from prefect.cache_policies import NO_CACHE
 from model.ablations import ABLATION_ROWS, ALL_ROWS, AblationRow, check_rows
 from tasks import layout
 from tasks.atomic import write_json, write_text
+from tasks.noise import verdict_counts, with_verdicts
 from tasks.params import get
 from tasks.plots import save_figure
+from tasks.report_sections import headline_table, recall_table_at, sections_markdown
 
 COLUMNS = ("row", "what changes", "paper mAP", "paper change", "our mAP (%)", "our change", "signs agree")
 UNITS = ("auto", "fraction", "percent")
@@ -136,6 +138,7 @@ def _fmt(value: object, signed: bool = False) -> str:
 def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub Markdown table of ``table`` (written here: ``tabulate`` is not a dependency)."""
     signed = {"paper change", "our change"}
+    table = table.drop(columns=["signs agree"]) if "verdict" in table.columns else table
     header = "| " + " | ".join(table.columns) + " |"
     rule = "|" + "|".join("---" if c in ("row", "what changes") else "---:" for c in table.columns) + "|"
     body = [
@@ -173,16 +176,21 @@ def _plot(table: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path)
 
 
-def write_report(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
+def write_report(table: pd.DataFrame, out_dir: str | Path, sections: str = "") -> dict[str, Path]:
     """Write ``ablations.md``, ``ablations.csv`` and ``ablations.png`` into ``out_dir``,
-    each atomically; returns ``{"markdown", "csv", "png"}`` -> path."""
+    each atomically; returns ``{"markdown", "csv", "png"}`` -> path. ``sections``: more
+    Markdown for ``ablations.md`` (``tasks.report_sections``)."""
     out = Path(out_dir)
     paths = {kind: out / name for kind, name in REPORT_FILES.items()}
     markdown = "# Ablations (paper: ZF net, PASCAL VOC 2007 test)\n\n" + to_markdown(table)
     markdown += (
         "\nChanges are against each row's baseline row (see `model/ablations.py`); "
-        "signs agree when both changes have the same sign, 0 agreeing only with 0.\n"
+        "signs agree when both changes have the same sign, 0 agreeing only with 0. "
+        "Verdict: `tasks/noise.py` (with several seeds, a change smaller than its spread is "
+        "\"within noise\").\n"
     )
+    if sections:
+        markdown += "\n" + sections
     write_text(paths["markdown"], markdown)
     write_text(paths["csv"], table.to_csv(index=True))
     _plot(table, paths["png"])
@@ -240,20 +248,51 @@ def read_row_results(rows: Sequence[AblationRow] = ALL_ROWS) -> dict[str, float]
 def report_summary(table: pd.DataFrame) -> dict[str, object]:
     """Metrics of the report: rows compared, rows whose signs agree, and which disagree."""
     agree = table["signs agree"].dropna().astype(bool)
-    return {
+    summary: dict[str, object] = {
         "rows": int(len(table)),
         "rows_compared": int(len(agree)),
         "signs_agree": int(agree.sum()),
         "signs_disagree_rows": sorted(str(k) for k in agree.index[~agree]),
         "our_map": {str(k): float(v) for k, v in table["our mAP (%)"].items() if not math.isnan(float(v))},
     }
+    if "verdict" in table.columns:
+        summary["verdicts"] = verdict_counts(table)
+    return summary
+
+
+def _optional_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+
+
+def report_sections(table: pd.DataFrame) -> tuple[str, dict[str, object]]:
+    """The headline, recall-at-300 and timing sections (Markdown) and their summary metrics."""
+    headline = headline_table(table["our mAP (%)"].to_dict())
+    recall_csv = layout.report("recall_vs_iou.csv")
+    recall = recall_table_at(pd.read_csv(recall_csv)) if recall_csv.is_file() else None
+    timing = _optional_json(layout.metrics("timing"))
+    summary: dict[str, object] = {
+        "headline": {str(k): {"our_map": float(v["our mAP (%)"]), "verdict": str(v["verdict"])}
+                     for k, v in headline.iterrows()},
+    }
+    if recall is not None:
+        summary["recall_300"] = {str(k): {c: float(v) for c, v in line.items() if c != "method"}
+                                 for k, line in recall.iterrows()}
+    if timing is not None:
+        summary["proposal_ratio_ss_over_rpn"] = timing.get("proposal_ratio_ss_over_rpn")
+    return sections_markdown(headline, recall, timing), summary
 
 
 def build_report(rows: Sequence[AblationRow] = ALL_ROWS) -> tuple[pd.DataFrame, dict[str, Path], dict[str, object]]:
     """The report stage's work: read the rows, write ``reports/ablations.*`` and its metrics."""
-    table = build_ablation_table(read_row_results(rows), rows=rows, unit="fraction")
-    paths = write_report(table, layout.REPORTS)
-    summary = report_summary(table)
+    table = with_verdicts(build_ablation_table(read_row_results(rows), rows=rows, unit="fraction"))
+    sections, extra = report_sections(table)
+    paths = write_report(table, layout.REPORTS, sections)
+    summary = {**report_summary(table), **extra}
     write_json(layout.metrics(STAGE), summary)
     return table, paths, summary
 

@@ -30,9 +30,11 @@ from model.faster_rcnn import FasterRCNN
 from model.inference import detect_dataset, propose_dataset
 from model.training import TrainSchedule, train_detector, train_rpn
 
-# Measured 0.81-0.93 over three datasets; a broken loss, sampler, target normalisation
-# or box decoding gives < 0.2.
-MIN_MAP = 0.7
+# Generator v1 (flat colours chosen to contrast with the background): 0.81-0.93 over three
+# datasets. Generator v2 (scene backgrounds, shading, outlines, colours drawn independently of
+# the background, as in photographs) measured 0.663 on this spec even with its parts and
+# camouflage off. A broken loss, sampler, target normalisation or box decoding gives < 0.2.
+MIN_MAP = 0.6
 
 
 @pytest.mark.slow
@@ -50,6 +52,8 @@ def _run(tmp_path: Path) -> None:
         num_images=80, image_size=(256, 192), seed=3, classes=("circle", "cross", "star"),
         objects_per_image=(1, 2), object_size=(64.0, 120.0), max_aspect_ratio=2.0,
         clutter_per_image=(0, 1), tiny_fraction=0.0, truncation_fraction=0.0, test_fraction=0.25,
+        # A learning check, not the VOC-like default: no camouflage, few background structures.
+        camouflage_fraction=0.0, part_camouflage_fraction=0.0, max_part_cuts=0, structures_per_image=(0, 0),
     )
     root = generate_synthetic_voc(tmp_path / "voc", spec)
     train = load_voc(root, "trainval")

@@ -1,4 +1,4 @@
-"""``python -m model.data``: ``synthesize`` a dataset or ``validate`` one.
+"""``python -m model.data``: ``synthesize`` a dataset, ``validate`` one, or print its ``stats``.
 
 Exit codes of ``validate``: 0 when the data is valid (counted fix-ups allowed),
 1 when any hard problem was found, 2 for command-line errors.
@@ -51,7 +51,40 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--split", default=None, help="one split (default: everything)")
     check.add_argument("--classes", type=_class_list, default=None, help="comma-separated class list to enforce")
     check.add_argument("--no-decode", action="store_true", help="skip fully decoding every image")
+
+    stats = commands.add_parser("stats", help="objects per image, box sizes in feature cells, flags, classes, colour cues")
+    stats.add_argument("--root", type=Path, required=True, help="dataset folder (as for validate)")
+    stats.add_argument("--layout", choices=LAYOUTS, default="voc")
+    stats.add_argument("--split", default="trainval")
+    stats.add_argument("--input-size", type=int, nargs=2, metavar=("MIN", "MAX"), default=[600, 1000],
+                       help="network input: shorter side MIN, longer at most MAX (default: the paper's 600 1000)")
+    stats.add_argument("--no-colour", action="store_true", help="skip the colour cues (they read every image)")
+    stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
     return parser
+
+
+def _stats(args: argparse.Namespace) -> int:
+    import json
+
+    from model.data.loading import load_dataset
+    from model.data.records import DatasetError
+    from model.data.stats import dataset_stats, format_stats
+
+    min_size, max_size = args.input_size
+    if not 0 < min_size <= max_size:
+        print(f"error: --input-size must be 0 < MIN <= MAX, got {min_size} {max_size}", file=sys.stderr)
+        return 2
+    try:
+        dataset = load_dataset(args.root, args.layout, args.split)
+        stats = dataset_stats(dataset, (min_size, max_size), colour=not args.no_colour)
+    except (DatasetError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(stats.to_dict(), indent=2))
+    else:
+        print(format_stats(stats, f"{args.root} ({args.layout}, {args.split})"))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2 if isinstance(error, ValueError) else 1
         print(f"synthetic VOC dataset: {root} ({spec.num_images} images)")
         return 0
+    if args.command == "stats":
+        logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+        return _stats(args)
     # Fix-ups are listed in the report; the readers' per-line warnings would only repeat them.
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     report = validate_dataset(args.root, args.layout, args.split, args.classes, decode_images=not args.no_decode)

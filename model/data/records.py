@@ -15,11 +15,17 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class ObjectAnnotation:
-    """One annotated object: class name, box ``(x1, y1, x2, y2)`` 0-based inclusive, difficult flag."""
+    """One annotated object: class name, box ``(x1, y1, x2, y2)`` 0-based inclusive, difficult flag.
+
+    ``truncated`` and ``occluded`` are the VOC files' descriptive flags (dataset statistics
+    only; nothing trains or scores on them), so they take no part in equality.
+    """
 
     name: str
     box: tuple[float, float, float, float]
     difficult: bool = False
+    truncated: bool = field(default=False, compare=False)
+    occluded: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,31 @@
 """A deterministic synthetic detection dataset written in the VOC layout (the embedded default).
 
-Each image shows several shapes (the classes) on a textured, noisy background:
-sizes span ``object_size`` (long side, log-uniform), aspect ratios ``1:r..r:1``,
-polygons are rotated then stretched to their box, objects overlap (smaller ones
-are painted over larger ones), some run off the image edge, and clutter (lines,
-arcs, scribbles, speckles) is drawn under and over them. That makes box
-regression and proposal quality matter while staying small enough to train on
-two CPU cores in minutes.
+Version 2 is built to have the properties of PASCAL VOC that the paper's findings rest on,
+each of which ``python -m model.data stats`` measures:
+
+- **Colour says little.** An object is made of one to four *parts* (the shape cut by
+  random lines), each with its own colour and texture, shaded by a gradient across the
+  object; colours are drawn from one distribution for objects and background alike, so
+  neither "is this an object?" nor "which class?" can be read off colour. Some objects
+  are *camouflaged*: coloured and textured like the background right behind them, told
+  apart only by their outline. Selective search, which merges colour/texture segments,
+  then has to merge several unlike segments into one object and often fails, as on VOC.
+- **Scenes, not flat backdrops.** The background is split into large regions (a
+  "horizon", shaded), carries irregular blobs and bars textured like objects, lines,
+  arcs and speckles: edges and segments everywhere that belong to no class.
+- **Object statistics like VOC07's**: 1-4 objects per image (about 2.5), long sides
+  log-uniform over ``object_size`` (several octaves of stride-16 cells at the network
+  input), some truncated at the border, occlusion between objects and by clutter, a few
+  ``difficult``.
+- **Classes differ by shape only**: six shapes whose colours, parts, sizes and aspect
+  ratios are drawn independently of the class.
 
 Ground-truth boxes are measured on the rendered pixels: the tight box of each
 object's *visible* pixels (the VOC guideline), so they are exact whatever the
 rotation or occlusion. An object is marked ``difficult`` when less than
 ``DIFFICULT_VISIBLE_FRACTION`` of it is visible, when its visible box has a side
-under ``DIFFICULT_MIN_SIDE`` pixels, or when it was drawn deliberately tiny.
+under ``DIFFICULT_MIN_SIDE`` pixels, or when it was drawn deliberately tiny; it is
+``occluded`` (a VOC2010+ field) when less than ``OCCLUDED_VISIBLE_FRACTION`` is visible.
 
 Determinism: image ``i`` draws from ``numpy.random.default_rng([seed, i])`` and
 is rendered with PIL and elementwise numpy only, then saved as JPEG with a fixed
@@ -35,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from model.data.flat import split_ids
 from model.data.records import ObjectAnnotation
@@ -43,31 +56,47 @@ from model.data.records import ObjectAnnotation
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "star")
 
 # Bump when the rendering changes, so a cached dataset with an equal spec is regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER_FILE = "synthetic.json"
 
 DIFFICULT_VISIBLE_FRACTION = 0.35
+OCCLUDED_VISIBLE_FRACTION = 0.9
 DIFFICULT_MIN_SIDE = 10
 # Largest overlap (IoU) allowed between a new object's box and an earlier one:
 # occlusion happens, but no object is placed squarely on top of another.
 MAX_PLACEMENT_IOU = 0.45
 TINY_SIZE = (6.0, 14.0)
+# How many cut lines split an object into parts: P(0), P(1), P(2), P(3) -> 1 to 4+ parts.
+PART_CUT_WEIGHTS = (0.1, 0.35, 0.35, 0.2)
 
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """Everything that determines a synthetic dataset. Sizes are pixels; ``image_size`` is ``(W, H)``."""
+    """Everything that determines a synthetic dataset. Sizes are pixels; ``image_size`` is ``(W, H)``.
+
+    ``camouflage_fraction``: share of objects coloured like the background behind them;
+    ``part_camouflage_fraction``: share of the other objects' parts coloured so;
+    ``max_part_cuts``: at most this many lines cut an object into parts (0: one colour each);
+    ``outline_fraction``: share of objects with a darker or lighter contour (real objects
+    have edges; camouflaged ones always get one, or nobody could find them);
+    ``structures_per_image``: background blobs and bars textured like objects.
+    """
 
     num_images: int = 200
     image_size: tuple[int, int] = (320, 240)
     seed: int = 0
     classes: tuple[str, ...] = SHAPE_CLASSES
-    objects_per_image: tuple[int, int] = (2, 6)
-    object_size: tuple[float, float] = (20.0, 200.0)
+    objects_per_image: tuple[int, int] = (1, 4)
+    object_size: tuple[float, float] = (32.0, 200.0)
     max_aspect_ratio: float = 3.0
-    clutter_per_image: tuple[int, int] = (3, 10)
+    clutter_per_image: tuple[int, int] = (6, 16)
+    structures_per_image: tuple[int, int] = (5, 12)
+    camouflage_fraction: float = 0.15
+    part_camouflage_fraction: float = 0.4
+    max_part_cuts: int = 3
+    outline_fraction: float = 0.5
     tiny_fraction: float = 0.04
-    truncation_fraction: float = 0.1
+    truncation_fraction: float = 0.15
     test_fraction: float = 0.25
     val_fraction: float = 0.3
     image_format: str = "jpg"
@@ -75,7 +104,8 @@ class SyntheticSpec:
 
     def __post_init__(self) -> None:
         # Normalise sequences to tuples so specs from JSON/CLI compare equal.
-        for name in ("image_size", "classes", "objects_per_image", "object_size", "clutter_per_image"):
+        for name in ("image_size", "classes", "objects_per_image", "object_size", "clutter_per_image",
+                     "structures_per_image"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         width, height = self.image_size
         if self.num_images < 1:
@@ -93,12 +123,16 @@ class SyntheticSpec:
         small, large = self.object_size
         if not 4 <= small <= large:
             raise ValueError(f"object_size must be 4 <= min <= max, got {self.object_size}")
+        if not 0 <= self.max_part_cuts <= len(PART_CUT_WEIGHTS) - 1:
+            raise ValueError(f"max_part_cuts must lie in 0..{len(PART_CUT_WEIGHTS) - 1}, got {self.max_part_cuts}")
         if self.max_aspect_ratio < 1:
             raise ValueError(f"max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}")
-        c_low, c_high = self.clutter_per_image
-        if not 0 <= c_low <= c_high:
-            raise ValueError(f"clutter_per_image must be 0 <= min <= max, got {self.clutter_per_image}")
-        for name in ("tiny_fraction", "truncation_fraction", "test_fraction", "val_fraction"):
+        for name in ("clutter_per_image", "structures_per_image"):
+            c_low, c_high = getattr(self, name)
+            if not 0 <= c_low <= c_high:
+                raise ValueError(f"{name} must be 0 <= min <= max, got {getattr(self, name)}")
+        for name in ("camouflage_fraction", "part_camouflage_fraction", "outline_fraction", "tiny_fraction", "truncation_fraction",
+                     "test_fraction", "val_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {value}")
@@ -147,20 +181,6 @@ def _stripes(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     phase = (xs * np.float32(math.cos(angle)) + ys * np.float32(math.sin(angle))) / np.float32(period)
     # Square wave from the fractional phase: exact, unlike sign(sin(.)) near zero.
     return np.where(phase - np.floor(phase) < 0.5, np.float32(1.0), np.float32(-1.0))
-
-
-def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """Textured background ``[H, W, 3]`` float: base colour, gradient, blotches, sometimes stripes."""
-    base = rng.uniform(40.0, 215.0, size=3)
-    image = np.empty((height, width, 3), dtype=np.float32)
-    image[:] = base.astype(np.float32)
-    # A broad shading in one random colour direction, then finer blotches in all channels.
-    tint = rng.uniform(-1.0, 1.0, size=3).astype(np.float32) * np.float32(rng.uniform(10.0, 40.0))
-    image += _smooth_field(rng, height, width, int(rng.integers(1, 3)), 1) * tint
-    image += _smooth_field(rng, height, width, int(rng.integers(4, 12)), 3) * np.float32(rng.uniform(5.0, 30.0))
-    if rng.random() < 0.3:
-        image += _stripes(rng, height, width)[:, :, None] * np.float32(rng.uniform(4.0, 18.0))
-    return image
 
 
 def _unit_polygon(kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -213,16 +233,6 @@ def _mask(width: int, height: int, paint: Callable[[ImageDraw.ImageDraw], None])
     canvas = Image.new("L", (width, height), 0)
     paint(ImageDraw.Draw(canvas))
     return np.asarray(canvas) > 127
-
-
-def _colour_away_from(rng: np.random.Generator, avoid: np.ndarray) -> np.ndarray:
-    """A random colour at least some distance from ``avoid`` (a few tries, then whatever came)."""
-    colour = rng.uniform(0.0, 255.0, size=3)
-    for _ in range(6):
-        if np.linalg.norm(colour - avoid) >= 70.0:
-            break
-        colour = rng.uniform(0.0, 255.0, size=3)
-    return colour
 
 
 def _fill(rng: np.random.Generator, height: int, width: int, colour: np.ndarray) -> np.ndarray:
@@ -333,39 +343,157 @@ def _place_objects(spec: SyntheticSpec, rng: np.random.Generator) -> list[_Place
     return placed
 
 
+def _random_colour(rng: np.random.Generator) -> np.ndarray:
+    """One colour for objects, parts and background alike: colour is no cue to objectness or class."""
+    return rng.uniform(15.0, 240.0, size=3)
+
+
+def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.arange(height, dtype=np.float32)[:, None], np.arange(width, dtype=np.float32)[None, :]
+
+
+def _scene_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A scene-like background ``[H, W, 3]`` float: one or two large shaded regions, blotches, stripes.
+
+    Two regions split by a random line (a horizon, a table edge) give long edges that
+    belong to no object, and every region is textured like an object part.
+    """
+    image = _fill(rng, height, width, _random_colour(rng))
+    if rng.random() < 0.7:
+        ys, xs = _grid(height, width)
+        # Mostly a horizon (a near-horizontal split), sometimes a wall corner (near-vertical).
+        theta = rng.uniform(-0.6, 0.6) + (0.0 if rng.random() < 0.3 else math.pi / 2)
+        c, s = math.cos(theta), math.sin(theta)
+        corners = [x * c + y * s for x in (0, width - 1) for y in (0, height - 1)]
+        offset = min(corners) + rng.uniform(0.3, 0.7) * (max(corners) - min(corners))
+        other = xs * np.float32(c) + ys * np.float32(s) > np.float32(offset)
+        second = _fill(rng, height, width, _random_colour(rng))
+        image[other] = second[other]
+    # Broad shading (light falls unevenly), then finer blotches, sometimes stripes.
+    image *= 1.0 + _smooth_field(rng, height, width, int(rng.integers(1, 3)), 1) * np.float32(rng.uniform(0.05, 0.25))
+    image += _smooth_field(rng, height, width, int(rng.integers(4, 12)), 3) * np.float32(rng.uniform(5.0, 25.0))
+    if rng.random() < 0.25:
+        image += _stripes(rng, height, width)[:, :, None] * np.float32(rng.uniform(4.0, 14.0))
+    return image
+
+
+def _structure(rng: np.random.Generator, width: int, height: int) -> Callable[[ImageDraw.ImageDraw], None]:
+    """A background structure sized like an object: an irregular blob or a long bar (no class's shape)."""
+    cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+    size = math.exp(rng.uniform(math.log(16.0), math.log(0.6 * min(width, height))))
+    if rng.random() < 0.6:
+        # Strongly jittered radii: lumpy, never a circle, square or star.
+        count = int(rng.integers(7, 13))
+        angles = (np.arange(count) + rng.uniform(-0.35, 0.35, size=count)) * (2 * math.pi / count)
+        radii = 0.5 * size * rng.uniform(0.35, 1.0, size=count)
+        blob = [(float(cx + r * math.cos(a)), float(cy + r * math.sin(a))) for a, r in zip(angles, radii)]
+        return lambda d: d.polygon(blob, fill=255)
+    # A bar far longer than any object's 3:1: a pole, a shelf, a table leg.
+    thickness = max(3.0, size / rng.uniform(5.0, 12.0))
+    angle = rng.uniform(0, math.pi)
+    dx, dy = size * math.cos(angle), size * math.sin(angle)
+    points = [(float(cx - dx), float(cy - dy)), (float(cx + dx), float(cy + dy))]
+    return lambda d: d.line(points, fill=255, width=int(thickness))
+
+
+def _parts(rng: np.random.Generator, height: int, width: int, max_cuts: int) -> np.ndarray:
+    """Part labels ``[H, W]`` int: the crop cut by 0..``max_cuts`` random lines (``PART_CUT_WEIGHTS``)."""
+    ys, xs = _grid(height, width)
+    labels = np.zeros((height, width), dtype=np.int64)
+    weights = PART_CUT_WEIGHTS[: max_cuts + 1]
+    if max_cuts < len(PART_CUT_WEIGHTS) - 1:
+        weights = tuple(np.asarray(weights) / sum(weights))
+    for _ in range(int(rng.choice(len(weights), p=weights))):
+        px, py = rng.uniform(0.2, 0.8) * width, rng.uniform(0.2, 0.8) * height
+        angle = rng.uniform(0.0, math.pi)
+        side = ((xs - np.float32(px)) * np.float32(math.cos(angle)) + (ys - np.float32(py)) * np.float32(math.sin(angle))) > 0
+        labels = labels * 2 + side
+    return labels
+
+
+def _paint_object_like(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *, camouflage: bool, outline: bool,
+    part_camouflage: float = 0.0, max_part_cuts: int = len(PART_CUT_WEIGHTS) - 1,
+) -> None:
+    """Paint ``mask`` into ``image`` ``[H, W, 3]`` in place as a multi-part, shaded object.
+
+    Each part gets its own colour and texture, or (with probability ``part_camouflage``)
+    the colour of the background behind it; a camouflaged object takes the colour and
+    texture of the background behind it, shifted a little, and always gets an outline.
+    """
+    cols = np.flatnonzero(mask.any(axis=0))
+    rows = np.flatnonzero(mask.any(axis=1))
+    if cols.size == 0:
+        return
+    # Work on the object's bounding crop only: objects are mostly much smaller than the image.
+    crop = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    height, width = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+    inside = mask[crop]
+    behind = image[crop]
+    if camouflage:
+        shift = rng.normal(0.0, 1.0, size=3)
+        shift *= rng.uniform(14.0, 30.0) / max(float(np.linalg.norm(shift)), 1e-6)
+        fill = behind + shift.astype(np.float32)
+    else:
+        labels = _parts(rng, height, width, max_part_cuts)
+        fill = np.empty((height, width, 3), dtype=np.float32)
+        for label in np.unique(labels):
+            part = labels == label
+            if rng.random() < part_camouflage:
+                # This part takes the colour of what lies behind it (dark trousers on a dark
+                # sofa): a segmenter merges it into the background, not into the object.
+                local = behind[part & inside].reshape(-1, 3)
+                colour = (local.mean(axis=0) if local.size else _random_colour(rng)) + rng.normal(0.0, 8.0, size=3)
+            else:
+                colour = _random_colour(rng)
+            fill[part] = _fill(rng, height, width, colour)[part]
+    # A shading gradient across the object, as under a directional light.
+    ys, xs = _grid(height, width)
+    angle = rng.uniform(0.0, 2 * math.pi)
+    reach = np.float32(0.5 * max(height, width))
+    ramp = ((xs - width / 2) * np.float32(math.cos(angle)) + (ys - height / 2) * np.float32(math.sin(angle))) / reach
+    fill *= (1.0 + np.float32(rng.uniform(0.1, 0.4)) * ramp)[:, :, None]
+    if outline or camouflage:
+        thickness = 3 if min(height, width) >= 40 else 2
+        eroded = np.asarray(Image.fromarray(inside.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(2 * thickness - 1))) > 127
+        edge = inside & ~eroded
+        if rng.random() < 0.7:
+            fill[edge] *= np.float32(rng.uniform(0.3, 0.6))  # darker contour
+        else:
+            fill[edge] += (255.0 - fill[edge]) * np.float32(rng.uniform(0.4, 0.7))  # a highlight
+    behind[inside] = fill[inside]
+
+
 @dataclass(frozen=True)
 class SyntheticObject:
-    """A rendered object: its annotation plus the VOC ``truncated`` flag."""
+    """A rendered object: its annotation (with the VOC ``truncated`` and ``occluded`` flags)."""
 
     annotation: ObjectAnnotation
-    truncated: bool
+
+    @property
+    def truncated(self) -> bool:
+        return self.annotation.truncated
 
 
 def render_synthetic_image(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, list[SyntheticObject]]:
     """Image ``index`` of ``spec``: RGB ``[H, W, 3]`` uint8 and its objects (0-based boxes)."""
     width, height = spec.image_size
     rng = np.random.default_rng([int(spec.seed) & 0xFFFFFFFF, int(spec.seed) >> 32 & 0xFFFFFFFF, int(index)])
-    image = _background(rng, width, height)
-    background_colour = image.reshape(-1, 3).mean(axis=0)
+    image = _scene_background(rng, width, height)
 
-    def paint(mask: np.ndarray, colour: np.ndarray, textured: bool) -> None:
-        if not textured:
-            image[mask] = colour.astype(np.float32)
-            return
-        cols = np.flatnonzero(mask.any(axis=0))
-        rows = np.flatnonzero(mask.any(axis=1))
-        if cols.size == 0:
-            return
-        # Texture only the object's bounding crop: objects are mostly much smaller than the image.
-        crop = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-        fill = _fill(rng, int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1), colour)
-        inside = mask[crop]
-        image[crop][inside] = fill[inside]
+    for _ in range(int(rng.integers(spec.structures_per_image[0], spec.structures_per_image[1] + 1))):
+        mask = _mask(width, height, _structure(rng, width, height))
+        _paint_object_like(image, mask, rng, camouflage=False, outline=bool(rng.random() < spec.outline_fraction))
+
+    def paint_clutter() -> np.ndarray:
+        clutter_mask = _mask(width, height, _clutter(rng, width, height))
+        image[clutter_mask] = _random_colour(rng).astype(np.float32)
+        return clutter_mask
 
     clutter_total = int(rng.integers(spec.clutter_per_image[0], spec.clutter_per_image[1] + 1))
     clutter_under = int(rng.integers(0, clutter_total + 1))
     for _ in range(clutter_under):
-        paint(_mask(width, height, _clutter(rng, width, height)), _colour_away_from(rng, background_colour), False)
+        paint_clutter()
 
     placed = _place_objects(spec, rng)
     # Large objects at the back: overlaps then hide parts of big shapes, rarely whole small ones.
@@ -373,15 +501,16 @@ def render_synthetic_image(spec: SyntheticSpec, index: int) -> tuple[np.ndarray,
     masks: list[np.ndarray] = []
     for item in placed:
         mask = _mask(width, height, lambda d, item=item: _draw_shape(d, item.name, item.box, rng))
-        paint(mask, _colour_away_from(rng, background_colour), True)
+        camouflage = bool(rng.random() < spec.camouflage_fraction)
+        outline = bool(rng.random() < spec.outline_fraction)
+        _paint_object_like(image, mask, rng, camouflage=camouflage, outline=outline,
+                           part_camouflage=spec.part_camouflage_fraction, max_part_cuts=spec.max_part_cuts)
         masks.append(mask)
 
     # Clutter drawn over the objects hides them like any occluder (a blob can cover a small shape).
     covered = np.zeros((height, width), dtype=bool)
     for _ in range(clutter_total - clutter_under):
-        clutter_mask = _mask(width, height, _clutter(rng, width, height))
-        paint(clutter_mask, _colour_away_from(rng, background_colour), False)
-        covered |= clutter_mask
+        covered |= paint_clutter()
 
     image += rng.standard_normal(size=image.shape, dtype=np.float32) * np.float32(rng.uniform(2.0, 10.0))
     pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
@@ -404,8 +533,11 @@ def render_synthetic_image(spec: SyntheticSpec, index: int) -> tuple[np.ndarray,
             or shown < DIFFICULT_VISIBLE_FRACTION * in_image
             or min(x2 - x1 + 1, y2 - y1 + 1) < DIFFICULT_MIN_SIDE
         )
-        annotation = ObjectAnnotation(item.name, (float(x1), float(y1), float(x2), float(y2)), bool(difficult))
-        objects.append(SyntheticObject(annotation, item.truncated))
+        annotation = ObjectAnnotation(
+            item.name, (float(x1), float(y1), float(x2), float(y2)), bool(difficult),
+            truncated=item.truncated, occluded=shown < OCCLUDED_VISIBLE_FRACTION * in_image,
+        )
+        objects.append(SyntheticObject(annotation))
     objects.reverse()  # paint order (back to front), as listed in the XML
     return pixels, objects
 
@@ -418,7 +550,7 @@ def _annotation_xml(image_id: str, filename: str, width: int, height: int, objec
     ET.SubElement(root, "folder").text = "JPEGImages"
     ET.SubElement(root, "filename").text = filename
     source = ET.SubElement(root, "source")
-    ET.SubElement(source, "database").text = "synthetic shapes (model.data.synthetic)"
+    ET.SubElement(source, "database").text = "synthetic scenes (model.data.synthetic v2)"
     size = ET.SubElement(root, "size")
     ET.SubElement(size, "width").text = str(width)
     ET.SubElement(size, "height").text = str(height)
@@ -430,6 +562,7 @@ def _annotation_xml(image_id: str, filename: str, width: int, height: int, objec
         ET.SubElement(obj, "pose").text = "Unspecified"
         ET.SubElement(obj, "truncated").text = str(int(item.truncated))
         ET.SubElement(obj, "difficult").text = str(int(item.annotation.difficult))
+        ET.SubElement(obj, "occluded").text = str(int(item.annotation.occluded))
         bndbox = ET.SubElement(obj, "bndbox")
         # VOC files are 1-based.
         for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), item.annotation.box):

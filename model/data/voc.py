@@ -166,6 +166,19 @@ def _difficult(text: str | None, where: str, xml_path: Path) -> bool:
     raise DatasetError(f"{xml_path}: {where}: <difficult> must be 0 or 1, got {text!r}")
 
 
+def _descriptive_flag(obj: Element, tag: str, where: str, xml_path: Path, fixups: list[str]) -> bool:
+    """``<truncated>`` / ``<occluded>``: 0 or 1 when present; anything else is a counted fix-up (read as 0).
+
+    Unlike ``difficult`` these flags only describe the data (statistics), so a tool's odd
+    value is no reason to refuse a dataset.
+    """
+    text = _text(obj, tag)
+    if text is None or text in ("0", "1"):
+        return text == "1"
+    fixups.append(f"{xml_path}: {where}: <{tag}> {text!r} is not 0 or 1; read as 0")
+    return False
+
+
 def _inside(images_dir: Path, filename: str, xml_path: Path) -> Path:
     """``images_dir / filename``, refusing names that leave ``images_dir``.
 
@@ -295,7 +308,11 @@ def parse_voc_annotation(
             fixups.append(
                 f"{xml_path}: {where}: box {file_box} (1-based) clipped to the {width}x{height} image"
             )
-        objects.append(ObjectAnnotation(name=name, box=clipped, difficult=difficult))
+        truncated = _descriptive_flag(obj, "truncated", where, xml_path, fixups)
+        occluded = _descriptive_flag(obj, "occluded", where, xml_path, fixups)
+        objects.append(
+            ObjectAnnotation(name=name, box=clipped, difficult=difficult, truncated=truncated, occluded=occluded)
+        )
 
     for line in fixups:
         logger.warning("fix-up: %s", line)

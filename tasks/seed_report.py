@@ -1,0 +1,82 @@
+"""``python -m tasks.seed_report``: one ablation table from several seeds' reports.
+
+Each run of the pipeline that differs only in ``pipeline.seed`` writes its own
+``reports/ablations.csv``. This command reads several of them (paths, or DVC experiment
+names whose ``reports/ablations.csv`` it takes from the experiment's commit), combines them
+with :func:`tasks.noise.combine_seeds` (mean, spread, "within noise" verdicts) and writes
+``reports/ablations_seeds.md`` and ``.csv``::
+
+    dvc exp run --queue -S pipeline.seed=1 && dvc exp run --queue -S pipeline.seed=2
+    dvc queue start -j 1 && dvc queue status          # wait until both are done
+    python -m tasks.seed_report --exp workspace <exp-name-1> <exp-name-2>
+
+``workspace`` is the current checkout's own report. Exit codes: 0 written, 1 a report
+could not be read (the message names it), 2 usage errors.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from tasks import layout
+from tasks.ablation_report import read_report_csv, to_markdown
+from tasks.atomic import write_text
+from tasks.noise import combine_seeds, verdict_counts
+
+CSV_NAME = "ablations.csv"
+OUT_FILES = {"markdown": "ablations_seeds.md", "csv": "ablations_seeds.csv"}
+
+
+def experiment_report(name: str) -> pd.DataFrame:
+    """``reports/ablations.csv`` of DVC experiment ``name`` (``workspace``: the checkout's)."""
+    path = layout.report(CSV_NAME)
+    if name == "workspace":
+        return read_report_csv(path)
+    shown = subprocess.run(["git", "show", f"{name}:{path.as_posix()}"], capture_output=True, text=True)
+    if shown.returncode != 0:
+        raise FileNotFoundError(f"experiment {name!r}: no {path} in its commit ({shown.stderr.strip()})")
+    return read_report_csv(io.StringIO(shown.stdout))
+
+
+def combined_report(tables: Sequence[pd.DataFrame], labels: Sequence[str], out_dir: Path) -> dict[str, Path]:
+    """Write the combined table (Markdown and CSV) into ``out_dir``; returns the paths."""
+    combined = combine_seeds(tables)
+    counts = verdict_counts(combined)
+    paths = {kind: out_dir / name for kind, name in OUT_FILES.items()}
+    text = (
+        f"# Ablations over {len(tables)} seeds ({', '.join(labels)})\n\n" + to_markdown(combined)
+        + f"\nMeans over the runs; spreads are sample standard deviations over runs; a change smaller than"
+        f" its spread is \"within noise\" (`tasks/noise.py`). Verdicts: "
+        + ", ".join(f"{name} {count}" for name, count in counts.items()) + ".\n"
+    )
+    write_text(paths["markdown"], text)
+    write_text(paths["csv"], combined.to_csv(index=True))
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.seed_report", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--exp", nargs="+", metavar="NAME", help="DVC experiment names (or 'workspace')")
+    source.add_argument("--csv", nargs="+", type=Path, metavar="PATH", help="ablations.csv files")
+    parser.add_argument("--out", type=Path, default=layout.REPORTS, help="folder for ablations_seeds.md / .csv")
+    args = parser.parse_args(argv)
+    labels = [str(p) for p in args.csv] if args.csv else list(args.exp)
+    try:
+        tables = [read_report_csv(p) for p in args.csv] if args.csv else [experiment_report(n) for n in args.exp]
+        paths = combined_report(tables, labels, args.out)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
