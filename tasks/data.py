@@ -27,11 +27,12 @@ from tqdm.auto import tqdm
 from prefect.cache_policies import NO_CACHE
 
 from model.data.loading import load_dataset
-from model.data.records import DetectionDataset
+from model.data.records import DatasetError, DetectionDataset
 from model.data.synthetic import SyntheticSpec, generate_synthetic_voc
+from model.data.validate import pipeline_problems
 from tasks import layout
 from tasks.atomic import publish_directory, write_json
-from tasks.params import ParamsError, dataclass_from, get
+from tasks.params import ParamsError, dataclass_from, get, input_size
 
 PARAMS = (
     "data.name",
@@ -41,6 +42,7 @@ PARAMS = (
     "data.test_split",
     "data.classes",
     "data.synthetic",
+    "data.input",
 )
 ROLES = ("train", "test")
 MANIFEST_VERSION = 1
@@ -104,13 +106,19 @@ def prepare(params: Mapping[str, Any]) -> dict[str, Any]:
                     f"data.source {root_text!r} does not exist (resolved to {read_root}); "
                     "set data.source (an absolute path for `dvc exp run --temp`)"
                 )
+        if splits["train"] == splits["test"]:
+            raise ParamsError(f"data.train_split and data.test_split are both {splits['train']!r}; they must differ")
         datasets = {role: load_dataset(read_root, data_layout, split, classes) for role, split in splits.items()}
         found = datasets["train"].classes
         if datasets["test"].classes != found:
             raise ManifestError(f"{read_root}: train and test splits disagree on classes ({found} vs {datasets['test'].classes})")
-        overlap = {r.image_id for r in datasets["train"].records} & {r.image_id for r in datasets["test"].records}
-        if overlap:
-            raise ManifestError(f"{read_root}: {len(overlap)} image(s) are in both splits, e.g. {sorted(overlap)[:3]}")
+        # The checks of `python -m model.data validate`, found now rather than after four training steps.
+        problems = pipeline_problems(
+            {splits[role]: ds for role, ds in datasets.items()}, read_root, **input_size(params), decode_images=True
+        )
+        if problems:
+            listed = "\n".join(f"  - {line}" for line in problems)
+            raise DatasetError(f"{read_root}: the data cannot be used ({len(problems)} problem(s)):\n{listed}")
         manifest = {
             "version": MANIFEST_VERSION,
             "name": data["name"],

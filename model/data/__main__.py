@@ -13,7 +13,7 @@ from pathlib import Path
 
 from model.data.loading import LAYOUTS
 from model.data.synthetic import SHAPE_CLASSES, SyntheticSpec, generate_synthetic_voc
-from model.data.validate import format_report, validate_dataset
+from model.data.validate import DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE, format_report, validate_dataset
 
 
 def _class_list(text: str) -> tuple[str, ...]:
@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--split", default=None, help="one split (default: everything)")
     check.add_argument("--classes", type=_class_list, default=None, help="comma-separated class list to enforce")
     check.add_argument("--no-decode", action="store_true", help="skip fully decoding every image")
+    check.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE,
+                       help=f"network input: shorter side after resizing (data.input.min_size; default {DEFAULT_MIN_SIZE})")
+    check.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE,
+                       help=f"network input: cap on the longer side (data.input.max_size; default {DEFAULT_MAX_SIZE})")
+    check.add_argument("--train-split", default=None, help="split the pipeline trains on (voc default trainval, flat train)")
+    check.add_argument("--test-split", default=None, help="split the pipeline tests on (default test); must not overlap the train split")
 
     stats = commands.add_parser("stats", help="objects per image, box sizes in feature cells, flags, classes, colour cues")
     stats.add_argument("--root", type=Path, required=True, help="dataset folder (as for validate)")
@@ -114,7 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stats(args)
     # Fix-ups are listed in the report; the readers' per-line warnings would only repeat them.
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    report = validate_dataset(args.root, args.layout, args.split, args.classes, decode_images=not args.no_decode)
+    if args.min_size <= 0 or args.max_size <= 0:
+        print(f"error: --min-size and --max-size must be positive, got {args.min_size} / {args.max_size}", file=sys.stderr)
+        return 2
+    report = validate_dataset(
+        args.root, args.layout, args.split, args.classes, decode_images=not args.no_decode,
+        min_size=args.min_size, max_size=args.max_size, train_split=args.train_split, test_split=args.test_split,
+    )
     print(format_report(report))
     return 0 if report.ok else 1
 

@@ -16,7 +16,11 @@ ordinary positives there; ``include_difficult=False`` leaves them out.
 
 Read json (``load_coco``, through pycocotools' ``COCO``): the image id is the
 file name's stem (what VOC-style results files name images by); two images
-with the same stem are an error. Crowd (``iscrowd=1``) and ``ignore=1`` boxes
+with the same stem are an error, as are two images, categories or annotations
+with the same ``id`` (pycocotools would keep only the last one, or hand one
+image's boxes to another) and an ``iscrowd``/``ignore`` that is not 0 or 1.
+Exact repeats (same class and box in one image) are kept once, a fix-up.
+Crowd (``iscrowd=1``) and ``ignore=1`` boxes
 become ``difficult`` objects: evaluation then neither rewards nor punishes
 them, training drops them. Degenerate boxes (``w <= 0`` or ``h <= 0``) and
 boxes outside the image are dropped, boxes partly outside are clipped; each
@@ -39,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model.atomic import atomic_write_text
-from model.data.records import DatasetError, DetectionDataset, ImageRecord, ObjectAnnotation
+from model.data.records import DatasetError, DetectionDataset, ImageRecord, ObjectAnnotation, drop_duplicate_objects
 
 if TYPE_CHECKING:  # model.data imports no torch; detections arrive already built
     from model.detections import Detections
@@ -148,6 +152,31 @@ def _image_path(images_dir: Path, file_name: object, path: Path) -> Path:
     return images_dir / normal
 
 
+def _check_unique_ids(entries: list, what: str, key: str, path: Path) -> None:
+    """Every entry is an object with an integer ``id`` that no other entry of the list has."""
+    first_index: dict[int, int] = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{path}: {what} entry {index} is not a JSON object")
+        value = entry.get("id")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DatasetError(f"{path}: {what} entry {index} has id {value!r}; ids must be integers")
+        if value in first_index:
+            raise DatasetError(
+                f"{path}: {what} id {value} is used twice, by entries {first_index[value]} and {index} of {key!r};"
+                " ids must be unique (pycocotools would merge them)"
+            )
+        first_index[value] = index
+
+
+def _flag(ann: dict, key: str, where: str, path: Path) -> bool:
+    """A 0/1 (or false/true) field such as ``iscrowd``; anything else is refused, not guessed."""
+    value = ann.get(key, 0)
+    if isinstance(value, (bool, int, float)) and value in (0, 1):
+        return bool(value)
+    raise DatasetError(f"{path}: {where}: {key} must be 0 or 1, got {value!r}")
+
+
 def load_coco(annotation_json: Path, images_dir: Path) -> DetectionDataset:
     """Read a COCO instances json into a ``DetectionDataset`` (0-based inclusive boxes).
 
@@ -178,6 +207,9 @@ def load_coco(annotation_json: Path, images_dir: Path) -> DetectionDataset:
     for key in ("images", "annotations", "categories"):
         if not isinstance(raw.get(key), list):
             raise DatasetError(f"{path}: missing list {key!r}")
+    # pycocotools indexes by id and keeps the last entry of each: check before trusting its index.
+    for key, what in (("images", "image"), ("categories", "category"), ("annotations", "annotation")):
+        _check_unique_ids(raw[key], what, key, path)
     categories = sorted(coco.cats.values(), key=lambda cat: cat["id"])
     names = [cat.get("name") for cat in categories]
     if any(not isinstance(name, str) or not name for name in names) or len(set(names)) != len(names):
@@ -203,7 +235,8 @@ def load_coco(annotation_json: Path, images_dir: Path) -> DetectionDataset:
         height = _number(image.get("height"), f"image {coco_id} height", path)
         if width < 1 or height < 1 or width != int(width) or height != int(height):
             raise DatasetError(f"{path}: image {coco_id} size {width}x{height} is not a positive whole pixel count")
-        objects = []
+        objects: list[ObjectAnnotation] = []
+        object_labels: list[str] = []
         for ann in coco.imgToAnns.get(coco_id, []):
             where = f"annotation {ann.get('id')} (image {coco_id})"
             name = class_of.get(ann.get("category_id"))
@@ -223,10 +256,13 @@ def load_coco(annotation_json: Path, images_dir: Path) -> DetectionDataset:
             clipped = (max(x1, 0.0), max(y1, 0.0), min(x2, width - 1.0), min(y2, height - 1.0))
             if clipped != (x1, y1, x2, y2):
                 fixups.append(f"{path}: {where}: bbox {bbox} clipped to the {width:g}x{height:g} image")
-            difficult = bool(ann.get("iscrowd", 0)) or bool(ann.get("ignore", 0))
+            difficult = _flag(ann, "iscrowd", where, path) or _flag(ann, "ignore", where, path)
             objects.append(ObjectAnnotation(name=name, box=clipped, difficult=difficult))
+            object_labels.append(f"annotation {ann.get('id')}")
+        unique, repeats = drop_duplicate_objects(objects, object_labels, f"{path}: image {coco_id}")
+        fixups.extend(repeats)
         records.append(
-            ImageRecord(image_id=image_id, path=image_path, width=int(width), height=int(height), objects=tuple(objects))
+            ImageRecord(image_id=image_id, path=image_path, width=int(width), height=int(height), objects=unique)
         )
     for line in fixups:
         logger.warning("fix-up: %s", line)

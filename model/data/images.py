@@ -9,6 +9,8 @@ annotation tools and the annotations' ``<size>`` refer to the stored raster.
 """
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,35 @@ from model.data.records import DatasetError
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
+def not_regular_file(path: Path) -> str | None:
+    """What ``path`` is when it exists but is not a regular file (``"a FIFO"``, ...), else None.
+
+    A FIFO would block a reader forever and a device file never ends, so they are
+    refused by type before anything opens them; symbolic links are followed.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # missing (or unreadable): the caller's open says which
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
 def _open_checked(path: Path) -> Image.Image:
     """Open ``path`` lazily (header only), turning every failure into a DatasetError."""
     path = Path(path)
+    kind = not_regular_file(path)
+    if kind is not None:
+        raise DatasetError(f"{path}: not a regular file ({kind}); an image must be one")
     if not path.is_file():
         raise DatasetError(f"{path}: image file not found")
     try:

@@ -21,29 +21,8 @@ from torch import Tensor
 
 from model.data.images import load_image_rgb
 from model.data.records import DatasetError, ImageRecord
+from model.data.scale import compute_scale, resized_size  # noqa: F401  (re-exported)
 from model.data.voc import training_objects
-
-
-def compute_scale(height: int, width: int, min_size: int, max_size: int) -> float:
-    """Scale that takes the shorter side to ``min_size`` unless the longer side would pass ``max_size``.
-
-    The original's rule: ``s = min_size / short``; if ``round(s * long) > max_size`` then
-    ``s = max_size / long``. (``round`` is half-to-even like the original's ``np.round``.)
-    """
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image size must be positive, got {height} x {width}")
-    if min_size <= 0 or max_size <= 0:
-        raise ValueError(f"min_size and max_size must be positive, got {min_size} / {max_size}")
-    short, long = min(height, width), max(height, width)
-    scale = float(min_size) / float(short)
-    if round(scale * long) > max_size:
-        scale = float(max_size) / float(long)
-    return scale
-
-
-def resized_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    """``(h, w)`` that ``cv2.resize(fx=fy=scale)`` produces (OpenCV rounds half to even)."""
-    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
 
 
 def prepare_image(

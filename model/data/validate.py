@@ -4,18 +4,37 @@ The readers run in collecting mode (``errors=[...]``), so one bad file does
 not hide the next. Hard problems make the dataset invalid; counted fix-ups
 (clipped or dropped boxes, size read from the image, ...) are listed but do not.
 ``python -m model.data validate`` is the command-line front end.
+
+VALID promises that every pipeline stage can use the data. Besides what the
+readers check (see ``model.data.voc``), :func:`pipeline_problems` - which
+``prepare_data`` runs too, before anything trains - refuses:
+
+* an empty split, and a train and test split that share an image id or an image
+  *file* (two ids whose annotations name one image; symbolic links resolved);
+* two annotations naming one image file within a split;
+* an image id, class name or split name that cannot be written in the devkit
+  results format (whitespace, path separators: see ``records.devkit_token_problem``);
+* an image too small (a side under ``scale.MIN_IMAGE_SIDE`` pixels: no proposal
+  survives) or too thin (a side of the resized network input, for the given
+  ``min_size``/``max_size``, under ``scale.MIN_INPUT_SIDE``);
+* boxes outside the image, objects of unknown classes, images that do not decode
+  (or decode to another size than annotated).
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model.config import DetectorConfig
+from model.data.flat import split_ids
 from model.data.images import load_image_rgb
 from model.data.loading import LAYOUTS, load_dataset
-from model.data.records import DatasetError, DetectionDataset
+from model.data.records import DatasetError, DetectionDataset, devkit_token_problem
+from model.data.scale import MIN_IMAGE_SIDE, MIN_INPUT_SIDE, compute_scale, resized_size
 from model.data.voc import (
     IMAGE_EXTENSIONS,
     annotation_ids,
@@ -26,6 +45,11 @@ from model.data.voc import (
 
 # Per image-set file, how many missing ids are named before summarising the rest.
 _MAX_NAMED = 20
+# The network input validation assumes unless told: the detector's defaults (the paper's).
+DEFAULT_MIN_SIZE = DetectorConfig.min_size
+DEFAULT_MAX_SIZE = DetectorConfig.max_size
+# The image sets a VOC pipeline trains and tests on unless told.
+DEFAULT_SPLITS = {"voc": ("trainval", "test"), "flat": ("train", "test")}
 
 
 @dataclass
@@ -105,6 +129,158 @@ def _load_all_voc(root: Path, classes: Sequence[str] | None, errors: list[Datase
     return dataset
 
 
+def _same_file_key(path: Path) -> str:
+    """What makes two image paths the same file: the real path (links resolved)."""
+    return os.path.realpath(path)
+
+
+def split_problems(splits: Mapping[str, DetectionDataset], source: Path | str) -> list[str]:
+    """Problems between the splits of one pipeline: empty ones, shared ids, shared image files.
+
+    ``splits`` maps a split's name (``trainval``, ``test``) to its records; every pair
+    must be disjoint. ``source`` (the dataset root) starts each message.
+    """
+    problems: list[str] = []
+    for name, dataset in splits.items():
+        if not dataset.records:
+            problems.append(f"{source}: split {name!r} has no images")
+    names = list(splits)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            ids = {r.image_id for r in splits[first].records} & {r.image_id for r in splits[second].records}
+            if ids:
+                problems.append(
+                    f"{source}: splits {first!r} and {second!r} share {len(ids)} image id(s), e.g. {sorted(ids)[:3]}"
+                )
+            files_first = {_same_file_key(r.path): r.image_id for r in splits[first].records}
+            shared = [
+                (files_first[key], r.image_id, key)
+                for r in splits[second].records
+                if (key := _same_file_key(r.path)) in files_first and files_first[key] != r.image_id
+            ]
+            if shared:
+                a, b, key = shared[0]
+                problems.append(
+                    f"{source}: splits {first!r} and {second!r} share {len(shared)} image file(s) under different ids,"
+                    f" e.g. {key} is {a!r} in {first!r} and {b!r} in {second!r}"
+                )
+    return problems
+
+
+def record_problems(
+    dataset: DetectionDataset,
+    *,
+    min_size: int = DEFAULT_MIN_SIZE,
+    max_size: int = DEFAULT_MAX_SIZE,
+    decode_images: bool = True,
+) -> list[str]:
+    """Per-image problems that hold whatever reader made the records (COCO's included).
+
+    Unknown classes, boxes outside the image, ids and class names that no results
+    file can hold, images too small or too thin for the network input of
+    ``min_size``/``max_size``, two records naming one image file, and (with
+    ``decode_images``) images that do not decode to their annotated size.
+    """
+    problems: list[str] = []
+    _check_records(dataset, problems, decode_images)
+    for name in dataset.classes:
+        problem = devkit_token_problem(name)
+        if problem is not None:
+            problems.append(f"{dataset.root}: class name {name!r} {problem}: it cannot name a devkit results file")
+    owner: dict[str, str] = {}
+    for record in dataset.records:
+        problem = devkit_token_problem(record.image_id)
+        if problem is not None:
+            problems.append(
+                f"{record.path}: image id {record.image_id!r} {problem}: it cannot be written in a devkit results line"
+            )
+        key = _same_file_key(record.path)
+        if key in owner:
+            problems.append(f"{record.path}: image file named by two annotations, ids {owner[key]!r} and {record.image_id!r}")
+        else:
+            owner[key] = record.image_id
+        problems.extend(_size_problems(record.path, record.width, record.height, min_size, max_size))
+    return problems
+
+
+def _size_problems(path: Path, width: int, height: int, min_size: int, max_size: int) -> list[str]:
+    if min(width, height) < MIN_IMAGE_SIDE:
+        return [
+            f"{path}: image of {width}x{height} pixels is too small: a side under {MIN_IMAGE_SIDE:g} pixels"
+            " keeps no proposal"
+        ]
+    scale = compute_scale(height, width, min_size, max_size)
+    input_h, input_w = resized_size(height, width, scale)
+    if min(input_h, input_w) < MIN_INPUT_SIDE:
+        return [
+            f"{path}: image of {width}x{height} pixels is too thin: resized to the network input"
+            f" (min_size {min_size}, max_size {max_size}) it becomes {input_w}x{input_h},"
+            f" a side under {MIN_INPUT_SIDE} pixels"
+        ]
+    return []
+
+
+def pipeline_problems(
+    splits: Mapping[str, DetectionDataset],
+    source: Path | str,
+    *,
+    min_size: int = DEFAULT_MIN_SIZE,
+    max_size: int = DEFAULT_MAX_SIZE,
+    decode_images: bool = True,
+) -> list[str]:
+    """Everything that would stop or mislead a stage using these splits (``prepare_data`` runs this).
+
+    ``splits``: split name -> records, e.g. ``{"trainval": ..., "test": ...}``. Each
+    problem is one line naming the file (or the dataset root) and what is wrong;
+    an empty list means the pipeline can use the data.
+    """
+    problems = split_problems(splits, source)
+    for name, dataset in splits.items():
+        problem = devkit_token_problem(name)
+        if problem is not None:
+            problems.append(f"{source}: split name {name!r} {problem}: it cannot name a devkit results file")
+        problems.extend(record_problems(dataset, min_size=min_size, max_size=max_size, decode_images=decode_images))
+    return list(dict.fromkeys(problems))
+
+
+def _subset(dataset: DetectionDataset, image_ids: Sequence[str]) -> DetectionDataset:
+    by_id = {record.image_id: record for record in dataset.records}
+    records = [by_id[i] for i in image_ids if i in by_id]
+    return DetectionDataset(root=dataset.root, classes=dataset.classes, records=records)
+
+
+def _pipeline_splits(
+    root: Path,
+    layout: str,
+    dataset: DetectionDataset,
+    train_split: str,
+    test_split: str,
+    kwargs: Mapping[str, Any],
+    problems: list[str],
+) -> dict[str, DetectionDataset]:
+    """The train and test splits of an everything-loaded dataset, as the pipeline would read them.
+
+    A VOC image set that does not exist is a problem when it was named, a note when defaulted.
+    """
+    if layout == "voc":
+        splits = {}
+        for name in (train_split, test_split):
+            path = root / "ImageSets" / "Main" / f"{name}.txt"
+            if not path.is_file():
+                problems.append(f"{path}: image set for split {name!r} not found")
+                continue
+            try:
+                splits[name] = _subset(dataset, read_image_set(path))
+            except DatasetError:
+                continue  # reported by the image-set check
+        return splits
+    if layout == "flat":
+        ids = [record.image_id for record in dataset.records]
+        options = {k: kwargs[k] for k in ("test_fraction", "seed") if k in kwargs}
+        return {name: _subset(dataset, split_ids(ids, name, **options)) for name in (train_split, test_split)}
+    return {}
+
+
 def _check_records(dataset: DetectionDataset, problems: list[str], decode_images: bool) -> None:
     """Checks that hold whatever reader made the records (COCO's included)."""
     known = set(dataset.classes)
@@ -134,13 +310,21 @@ def validate_dataset(
     classes: Sequence[str] | None = None,
     *,
     decode_images: bool = True,
+    min_size: int = DEFAULT_MIN_SIZE,
+    max_size: int = DEFAULT_MAX_SIZE,
+    train_split: str | None = None,
+    test_split: str | None = None,
     **kwargs: Any,
 ) -> ValidationReport:
     """Check a dataset and collect every problem and fix-up.
 
     ``split=None`` checks everything: for ``voc`` all annotation files plus every
-    image-set file, for ``flat`` the ``all`` split, for ``coco`` the whole file.
+    image-set file, for ``flat`` the ``all`` split, for ``coco`` the whole file;
+    and for ``voc``/``flat`` that ``train_split`` and ``test_split`` (default
+    ``trainval``/``test``, flat ``train``/``test``) are non-empty and disjoint.
     ``decode_images`` fully decodes each image (finds truncated files).
+    ``min_size``/``max_size``: the network input the images must resize to
+    (``data.input`` of params.yaml; default the detector's 600/1000).
     Extra keyword arguments go to :func:`model.data.loading.load_dataset`.
     """
     root = Path(root)
@@ -166,7 +350,27 @@ def validate_dataset(
     report.problems.extend(str(error) for error in errors)
 
     if dataset is not None:
-        _check_records(dataset, report.problems, decode_images)
+        report.problems.extend(record_problems(dataset, min_size=min_size, max_size=max_size, decode_images=decode_images))
+        if split is not None and layout != "coco":
+            report.problems.extend(split_problems({split: dataset}, root))
+        elif layout in DEFAULT_SPLITS:
+            default_train, default_test = DEFAULT_SPLITS[layout]
+            named = train_split is not None or test_split is not None
+            missing: list[str] = []
+            pair = _pipeline_splits(
+                root, layout, dataset, train_split or default_train, test_split or default_test, kwargs, missing
+            )
+            (report.problems if named else report.notes).extend(
+                line if named else f"{line} (the default; --train-split/--test-split name others)" for line in missing
+            )
+            report.problems.extend(split_problems(pair, root))
+            report.problems.extend(
+                f"{root}: split name {name!r} {problem}: it cannot name a devkit results file"
+                for name in pair
+                if (problem := devkit_token_problem(name)) is not None
+            )
+        else:  # coco: the file is the split
+            report.problems.extend(split_problems({split or "annotations": dataset}, root))
         report.classes = dataset.classes
         report.num_images = len(dataset.records)
         counts: Counter[str] = Counter()

@@ -14,7 +14,11 @@ leave the images folder. Problems are handled in one of two ways:
   ``DetectionDataset.fixups``): missing ``<size>`` (read from the image
   header instead), box partly outside the image (clipped), degenerate box
   (dropped), box entirely outside the image (dropped), ``<filename>`` not
-  found but ``<image id>.<ext>`` present (used instead).
+  found but ``<image id>.<ext>`` present (used instead), an object repeated
+  with the same class and box (kept once, see ``records.drop_duplicate_objects``).
+
+An ``<object>`` with more than one ``<bndbox>`` is a hard error: which box is the
+object cannot be told, and taking the first would silently lose the others.
 
 A box is *degenerate* when its corners coincide on an axis or are inverted
 (``xmax <= xmin`` or ``ymax <= ymin`` in the file): annotation tools write the
@@ -38,8 +42,14 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
-from model.data.images import image_size
-from model.data.records import DatasetError, DetectionDataset, ImageRecord, ObjectAnnotation
+from model.data.images import image_size, not_regular_file
+from model.data.records import (
+    DatasetError,
+    DetectionDataset,
+    ImageRecord,
+    ObjectAnnotation,
+    drop_duplicate_objects,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +213,10 @@ def _locate_image(
     named = _inside(images_dir, filename, xml_path) if filename is not None else None
     if named is not None and named.is_file():
         return named, None
+    # A FIFO or device under the image's name is refused, not replaced by a fallback;
+    # a folder of that name (``<filename>`` without extension) may sit beside the image.
+    if named is not None and (kind := not_regular_file(named)) not in (None, "a directory"):
+        raise DatasetError(f"{xml_path}: image {named} is not a regular file ({kind})")
     candidates: list[Path] = []
     if named is not None and not named.suffix:
         candidates += [named.with_name(named.name + ext) for ext in IMAGE_EXTENSIONS]
@@ -212,6 +226,8 @@ def _locate_image(
             if named is None:
                 return candidate, None
             return candidate, f"{xml_path}: image {named} named by <filename> not found; used {candidate}"
+        if (kind := not_regular_file(candidate)) is not None:
+            raise DatasetError(f"{xml_path}: image {candidate} is not a regular file ({kind})")
     missing = named if named is not None else images_dir / (image_id + IMAGE_EXTENSIONS[0])
     raise DatasetError(f"{xml_path}: image file {missing} not found")
 
@@ -273,6 +289,7 @@ def parse_voc_annotation(
             )
 
     objects: list[ObjectAnnotation] = []
+    object_labels: list[str] = []
     for index, obj in enumerate(root.findall("object")):
         where = f"object {index}"
         name = _text(obj, "name")
@@ -282,9 +299,13 @@ def parse_voc_annotation(
         if classes is not None and name not in classes:
             raise DatasetError(f"{xml_path}: {where}: unknown class {name!r}; known classes: {', '.join(classes)}")
         difficult = _difficult(_text(obj, "difficult"), where, xml_path)
-        box_element = obj.find("bndbox")
-        if box_element is None:
+        box_elements = obj.findall("bndbox")
+        if not box_elements:
             raise DatasetError(f"{xml_path}: {where} has no <bndbox>")
+        if len(box_elements) > 1:
+            # Which one is the object? Taking the first would silently drop the others.
+            raise DatasetError(f"{xml_path}: {where} has {len(box_elements)} <bndbox> elements; an object has one box")
+        box_element = box_elements[0]
         xmin, ymin, xmax, ymax = (
             _number(_text(box_element, tag), f"{where} <{tag}>", xml_path) for tag in ("xmin", "ymin", "xmax", "ymax")
         )
@@ -313,10 +334,13 @@ def parse_voc_annotation(
         objects.append(
             ObjectAnnotation(name=name, box=clipped, difficult=difficult, truncated=truncated, occluded=occluded)
         )
+        object_labels.append(f"object {index}")
 
+    unique, repeats = drop_duplicate_objects(objects, object_labels, str(xml_path))
+    fixups.extend(repeats)
     for line in fixups:
         logger.warning("fix-up: %s", line)
-    record = ImageRecord(image_id=image_id, path=image_path, width=width, height=height, objects=tuple(objects))
+    record = ImageRecord(image_id=image_id, path=image_path, width=width, height=height, objects=unique)
     return record, fixups
 
 
