@@ -22,6 +22,7 @@ from torch import Tensor
 from model.data.records import DetectionDataset
 from model.detections import Detections
 from model.evaluation import evaluate_voc, write_voc_results
+from model.evaluation.voc_ap import DEFAULT_IOU_THRESHOLD, check_options
 from model.faster_rcnn import FasterRCNN
 from model.inference import detect_dataset, propose_dataset
 from tasks import layout, plots
@@ -58,6 +59,7 @@ def evaluate_detector(
     progress: bool = True,
 ) -> tuple[dict[str, Any], Any, dict[str, Detections]]:
     """Detect on ``dataset`` (own RPN, or the given proposals) and score; returns metrics, VOCResult, detections."""
+    check_options(metric, DEFAULT_IOU_THRESHOLD)  # a bad evaluate.metric stops before detection, not after
     detections = detect_dataset(model, dataset, proposals=proposals, progress=progress)
     metrics, voc = score_detections(dataset, detections, metric)
     return metrics, voc, detections
@@ -65,9 +67,10 @@ def evaluate_detector(
 
 def evaluate_rows(params: Mapping[str, Any]) -> dict[str, Any]:
     """Both rows on the test split; writes results files, metrics JSON and PR plots."""
+    metric = str(get(params, "evaluate.metric"))
+    check_options(metric, DEFAULT_IOU_THRESHOLD)  # before an hour of detection, not after
     manifest = read_manifest()
     test = load_split("test", manifest)
-    metric = str(get(params, "evaluate.metric"))
     on = device()
 
     final = load_model(layout.checkpoint("final"), params, on)

@@ -21,6 +21,7 @@ import numpy as np
 from model.data.coco import dataset_to_coco, detections_to_coco, quiet_stdout
 from model.data.records import DetectionDataset
 from model.detections import Detections
+from model.evaluation.voc_ap import NoGroundTruthError
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +33,21 @@ def evaluate_coco(dataset: DetectionDataset, detections: Mapping[str, Detections
     """``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` (fractions, not percent), max 100 detections per image.
 
     Values are pycocotools' own, including its ``-1.0`` for "no ground truth in
-    this area range". Images without an entry in ``detections`` have no
-    detections; an unknown image id or label raises ``ValueError``.
+    this area range". Every class of ``dataset.classes`` is scored (a class with
+    ground truth and no detections counts 0, as in pycocotools). Images without
+    an entry in ``detections`` have no detections; an unknown image id or label
+    raises ``ValueError``; no non-difficult ground truth at all raises
+    :class:`~model.evaluation.voc_ap.NoGroundTruthError` (pycocotools would
+    report -1, which reads like a score).
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     gt_json = dataset_to_coco(dataset, include_difficult=False)
+    if not gt_json["annotations"]:
+        raise NoGroundTruthError(
+            f"dataset {dataset.root}: no non-difficult ground-truth box of classes {list(dataset.classes)}; COCO AP is undefined"
+        )
     results = detections_to_coco(dataset, detections)
     with quiet_stdout("pycocotools"):
         coco_gt = COCO()

@@ -28,7 +28,14 @@ What "exactly" means here, rule by rule (py-faster-rcnn ``voc_eval.py``):
 A class without any non-difficult ground truth has no defined recall (the
 devkit divides by ``npos = 0``). Its AP is reported as NaN and it is left out
 of the mean, with a logged warning; ``VOCResult.to_json_dict`` writes it as
-``null`` so that the JSON stays valid.
+``null`` so that the JSON stays valid. When *no* class has ground truth the mAP
+itself is undefined: the scoring functions raise :class:`NoGroundTruthError`
+rather than report a mAP of nothing. A class with ground truth but no
+detections scores AP 0: it always stays in the mean, so removing detections can
+never raise the mAP.
+
+Options are checked where they enter: ``metric`` must be one of ``METRICS`` and
+the IoU threshold a number strictly between 0 and 1 (:func:`check_options`).
 
 Matching is vectorised: because a detection only ever looks at the box with
 the largest IoU in its image, that box does not depend on earlier matches, and
@@ -52,10 +59,37 @@ if TYPE_CHECKING:  # not imported at run time: the CLI scores files without load
 logger = logging.getLogger(__name__)
 
 METRICS = ("voc07", "area")
+# A match needs IoU strictly above this (the devkit's 0.5).
+DEFAULT_IOU_THRESHOLD = 0.5
 
 # py-faster-rcnn: ``for t in np.arange(0., 1.1, 0.1)``. The float values matter
 # at recall exactly 0.3, 0.6, 0.7 (np.arange gives 0.30000000000000004 ...).
 _ELEVEN_POINTS = np.arange(0.0, 1.1, 0.1)
+
+
+class NoGroundTruthError(ValueError):
+    """No evaluated class has a non-difficult ground-truth box: there is no mAP to report."""
+
+
+def check_options(metric: str, iou_threshold: float) -> bool:
+    """Refuse an unknown ``metric`` or an IoU threshold outside (0, 1); returns "use the 07 metric"."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown VOC metric {metric!r}; expected one of {METRICS}")
+    if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float, np.floating)):
+        raise ValueError(f"IoU threshold must be a number in (0, 1), got {iou_threshold!r}")
+    if not 0.0 < float(iou_threshold) < 1.0:  # NaN fails too
+        raise ValueError(f"IoU threshold must lie strictly between 0 and 1, got {iou_threshold!r}")
+    return metric == "voc07"
+
+
+def require_ground_truth(result: "VOCResult", where: str) -> "VOCResult":
+    """``result``, or :class:`NoGroundTruthError` naming ``where`` when its mAP is undefined."""
+    if math.isnan(result.mAP):
+        classes = ", ".join(result.ap) or "none"
+        raise NoGroundTruthError(
+            f"{where}: no evaluated class has non-difficult ground truth (classes: {classes}); the mAP is undefined"
+        )
+    return result
 
 
 @dataclass
@@ -92,7 +126,7 @@ class VOCResult:
     ap: dict[str, float]
     curves: dict[str, ClassResult]
     metric: str = "voc07"
-    iou_threshold: float = 0.5
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD
 
     @classmethod
     def from_curves(cls, curves: Mapping[str, ClassResult], metric: str, iou_threshold: float) -> "VOCResult":
@@ -249,7 +283,7 @@ def evaluate_class(
     image_ids: Sequence[str],
     scores: np.ndarray,
     boxes: np.ndarray,
-    iou_threshold: float = 0.5,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
     use_07_metric: bool = True,
 ) -> ClassResult:
     """AP of one class, as the devkit's ``voc_eval``.
@@ -259,8 +293,10 @@ def evaluate_class(
     images without the class). ``image_ids`` ``[D]``, ``scores`` ``[D]``,
     ``boxes`` ``[D, 4]`` are the detections of this class in input order (the
     order of the results file: it breaks score ties). A detection on an image
-    missing from ``ground_truth`` raises ``ValueError`` (wrong image set).
+    missing from ``ground_truth`` raises ``ValueError`` (wrong image set), as does
+    an IoU threshold outside (0, 1).
     """
+    check_options("voc07" if use_07_metric else "area", iou_threshold)
     index = {image_id: i for i, image_id in enumerate(ground_truth)}
     gt_boxes_list, gt_image_list, gt_difficult_list = [], [], []
     for i, (image_id, (gt_boxes, difficult)) in enumerate(ground_truth.items()):
@@ -325,17 +361,11 @@ def ground_truth_by_class(
     return result
 
 
-def _use_07_metric(metric: str) -> bool:
-    if metric not in METRICS:
-        raise ValueError(f"unknown VOC metric {metric!r}; expected one of {METRICS}")
-    return metric == "voc07"
-
-
 def evaluate_voc(
     dataset: DetectionDataset,
     detections: Mapping[str, Detections],
     metric: str = "voc07",
-    iou_threshold: float = 0.5,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
 ) -> VOCResult:
     """Per-class AP and mAP of ``detections`` (image id -> ``Detections``) on ``dataset``.
 
@@ -344,9 +374,12 @@ def evaluate_voc(
     ``detections`` have no detections; an image id in ``detections`` that is not
     in the dataset, or a label outside ``1..K``, raises ``ValueError``.
     Score ties are broken by the mapping's order, then the order within an image,
-    the order ``write_voc_results`` writes the files in.
+    the order ``write_voc_results`` writes the files in. Every class of
+    ``dataset.classes`` is scored (AP 0 without detections); an unknown metric,
+    an IoU threshold outside (0, 1) raise ``ValueError``, no class with ground
+    truth :class:`NoGroundTruthError`.
     """
-    use_07_metric = _use_07_metric(metric)
+    use_07_metric = check_options(metric, iou_threshold)
     classes = tuple(dataset.classes)
     image_index = {record.image_id: i for i, record in enumerate(dataset.records)}
     class_index = {name: k for k, name in enumerate(classes)}
@@ -385,7 +418,7 @@ def evaluate_voc(
             iou_threshold,
             use_07_metric,
         )
-    return VOCResult.from_curves(curves, metric, iou_threshold)
+    return require_ground_truth(VOCResult.from_curves(curves, metric, iou_threshold), f"dataset {dataset.root}")
 
 
 def _flatten_detections(
