@@ -31,6 +31,7 @@ from torch import Tensor
 from model.atomic import atomic_torch_save
 from model.backbones.base import state_mismatch
 from model.config import DetectorConfig
+from model.devices import resolve_device
 from model.faster_rcnn import FasterRCNN
 
 FORMAT = "frcnn/1"
@@ -67,12 +68,19 @@ def save_checkpoint(
 
 
 def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The validated raw content of a checkpoint file (see the module docstring)."""
+    """The validated raw content of a checkpoint file (see the module docstring).
+
+    The file is always read onto the CPU and then moved to ``map_location`` (checked
+    first, :class:`~model.devices.DeviceError`): a device this machine lacks is then
+    reported as such, never as a corrupt file. Weights that are NaN or infinite are
+    refused: a model that loads them only gives NaN scores, or none, much later.
+    """
     path = Path(path)
+    target = resolve_device(map_location, "map_location")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        content = torch.load(path, map_location=map_location, weights_only=True)
+        content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, garbage bytes, disallowed pickle content, ...
         raise CheckpointError(
             f"{path}: not a readable checkpoint (corrupt, truncated or not a torch file): {error}"
@@ -98,6 +106,16 @@ def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
             isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
         ):
             raise CheckpointError(f"{path}: group {name!r} is not a state dict of tensors")
+        for key, tensor in state.items():
+            if tensor.is_floating_point() or tensor.is_complex():
+                bad = int((~torch.isfinite(tensor)).sum())
+                if bad:
+                    raise CheckpointError(
+                        f"{path}: group {name!r} tensor {key!r} has {bad} non-finite value(s) (NaN or inf) of "
+                        f"{tensor.numel()}; the training that wrote it diverged"
+                    )
+        if target.type != "cpu":
+            groups[name] = {k: v.to(target) for k, v in state.items()}
     if not isinstance(content["extra"], dict):
         raise CheckpointError(f"{path}: 'extra' must be a mapping")
     if content["train_state"] is not None and not isinstance(content["train_state"], dict):
@@ -165,12 +183,14 @@ def load_checkpoint(
 
     Refuses (``CheckpointError`` naming the file) a missing, corrupt or truncated file, a
     file that is not a checkpoint, one for another backbone or class list than expected,
-    and one whose weights do not fit the architecture its config describes.
+    one with non-finite weights, and one whose weights do not fit the architecture its
+    config describes; a ``map_location`` this machine lacks is a ``DeviceError``.
     """
-    content = read_checkpoint(path, map_location=map_location)
+    device = resolve_device(map_location, "map_location")
+    content = read_checkpoint(path)
     _check_expected(checkpoint_config(content), path, expected_backbone, expected_classes)
     model = build_from_content(content, path)
-    model.to(map_location)
+    model.to(device)
     return model, dict(content["extra"])
 
 

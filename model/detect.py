@@ -2,8 +2,8 @@
 
 Prints the detections as JSON, a list of ``{"class", "score", "box": [x1, y1, x2, y2]}``
 (0-based inclusive pixels of the original image), and with ``--out`` draws them, labelled,
-on a copy of the image. Bad input (checkpoint or image) exits with status 2 and a message
-that names the file.
+on a copy of the image. Bad input (checkpoint, image, or a ``--device`` this machine
+lacks) exits with status 2 and a message that names the file or the device.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from model.data.images import load_image_rgb
 from model.data.records import DatasetError
 from model.data.transforms import prepare_image
 from model.detections import Detections
+from model.devices import DeviceError, resolve_device
 
 # Distinct, readable colours, cycled over the classes.
 _PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -69,14 +70,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        model, _ = load_checkpoint(args.checkpoint, map_location=args.device)
+        device = resolve_device(args.device, "--device")
+        model, _ = load_checkpoint(args.checkpoint, map_location=device)
         image = load_image_rgb(args.image)
-    except (CheckpointError, DatasetError) as error:
+    except (DeviceError, CheckpointError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     cfg = model.cfg
     tensor, scale = prepare_image(image, cfg.min_size, cfg.max_size)
-    det = model.detect(tensor.to(args.device), scale)
+    det = model.detect(tensor.to(device), scale)
     found = detections_to_json(det, cfg.class_names, args.score_threshold)
     print(json.dumps(found, indent=2))
     if args.out is not None:

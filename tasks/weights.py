@@ -40,6 +40,7 @@ from model.checkpoint import (
     save_checkpoint,
 )
 from model.config import AnchorConfig, DetectorConfig, RPNConfig
+from model.devices import resolve_device
 from model.faster_rcnn import FasterRCNN
 from tasks import layout
 from tasks.data import read_classes
@@ -66,7 +67,7 @@ def device() -> torch.device:
     """
     wanted = os.environ.get("FRCNN_DEVICE", "").strip()
     if wanted and wanted != "auto":
-        return torch.device(wanted)
+        return resolve_device(wanted, "FRCNN_DEVICE")  # "no CUDA here" now, not a traceback mid-stage
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
