@@ -115,19 +115,22 @@ def test_class_selection_and_discovery(tmp_path, test_split):
     chosen = run_cli(tmp_path, "--metric", "area", "--classes", "WBC,RBC")
     assert chosen.returncode == 0, chosen.stderr
     assert list(json.loads(chosen.stdout)["ap"]) == ["WBC", "RBC"]
-    # Only one class file present: only that class is discovered and scored.
+    # Two class files lost: every class of the annotations is still scored, the lost ones AP 0.
     (tmp_path / "comp4_det_test_RBC.txt").unlink()
     (tmp_path / "comp4_det_test_WBC.txt").unlink()
     found = run_cli(tmp_path)
     assert found.returncode == 0, found.stderr
-    assert list(json.loads(found.stdout)["ap"]) == ["Platelets"]
+    payload = json.loads(found.stdout)
+    assert payload["ap"] == {"Platelets": pytest.approx(1.0), "RBC": 0.0, "WBC": 0.0}
+    assert payload["mAP"] == pytest.approx(1 / 3)
+    assert "comp4_det_test_RBC.txt: results file for class 'RBC' not found" in found.stderr
 
 
 def test_bad_input_exits_nonzero_with_message(tmp_path, test_split):
     write_voc_results(perfect_detections(test_split), test_split.classes, tmp_path, "test")
     missing = run_cli(tmp_path, "--classes", "RBC,Nope")
     assert missing.returncode == 1 and missing.stdout == ""
-    assert "comp4_det_test_Nope.txt" in missing.stderr
+    assert "--classes names ['Nope'], which no annotation has" in missing.stderr
 
     wrong_set = tmp_path / "comp4_det_test_RBC.txt"
     wrong_set.write_text(wrong_set.read_text() + "BloodImage_99999 0.5 1 1 10 10\n")
