@@ -277,3 +277,10 @@ def test_prepare_data_accepts_clean_data_and_refuses_equal_splits(tmp_path, monk
     assert metrics["train"]["images"] == 3 and metrics["test"]["images"] == 2
     with pytest.raises(ParamsError, match="data.train_split and data.test_split are both 'test'"):
         prepare(_params(root, train_split="test"))
+
+
+def test_no_object_of_any_class_is_invalid_and_names_the_folder(tmp_path, capsys):
+    root = make_voc(tmp_path / "voc", SIZES, {"trainval": ["000", "001"], "test": ["004"]},
+                    objects={i: [] for i in SIZES})
+    code, out = validate(capsys, "--root", str(root))
+    assert code == 1 and f"{root / 'Annotations'}: class list is empty" in problems_of(out)

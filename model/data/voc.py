@@ -371,7 +371,10 @@ def load_voc_annotations(
     ``errors``: see the module docstring (``None`` raises, a list collects).
     """
     annotations_dir = Path(annotations_dir)
-    names = _check_classes(classes)
+    try:
+        names = _check_classes(classes)
+    except ValueError as error:  # e.g. no object of any class in any annotation file
+        raise DatasetError(f"{annotations_dir}: {error}") from None
     records: list[ImageRecord] = []
     fixups: list[str] = []
     for image_id in image_ids:
