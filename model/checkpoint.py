@@ -67,6 +67,18 @@ def save_checkpoint(
     return path
 
 
+def check_finite(state: Mapping[str, Tensor], where: str) -> None:
+    """Refuse (``CheckpointError`` starting with ``where``) a state dict holding NaN or inf weights."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise CheckpointError(
+                    f"{where} tensor {key!r} has {bad} non-finite value(s) (NaN or inf) of "
+                    f"{tensor.numel()}; the training that wrote it diverged"
+                )
+
+
 def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The validated raw content of a checkpoint file (see the module docstring).
 
@@ -106,14 +118,7 @@ def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
             isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
         ):
             raise CheckpointError(f"{path}: group {name!r} is not a state dict of tensors")
-        for key, tensor in state.items():
-            if tensor.is_floating_point() or tensor.is_complex():
-                bad = int((~torch.isfinite(tensor)).sum())
-                if bad:
-                    raise CheckpointError(
-                        f"{path}: group {name!r} tensor {key!r} has {bad} non-finite value(s) (NaN or inf) of "
-                        f"{tensor.numel()}; the training that wrote it diverged"
-                    )
+        check_finite(state, f"{path}: group {name!r}")
         if target.type != "cpu":
             groups[name] = {k: v.to(target) for k, v in state.items()}
     if not isinstance(content["extra"], dict):

@@ -54,10 +54,12 @@ from model.anchors import generate_anchors, shift_anchors
 from model.atomic import atomic_torch_save
 from model.backbones import build_backbone
 from model.boxes import box_iou
+from model.checkpoint import check_finite
 from model.config import DetectorConfig, RPNConfig, TestConfig
 from model.data.records import DetectionDataset
 from model.data.transforms import load_training_sample
 from model.detections import Detections
+from model.devices import resolve_device
 from model.roi import detector_loss, postprocess_detections
 from model.training import ImageOrder, TrainSchedule, build_optimizer
 from model.rpn.targets import label_anchors
@@ -332,10 +334,15 @@ def save_one_stage(path: Path | str, model: OneStageDetector, extra: dict[str, A
 
 
 def load_one_stage(path: Path | str, map_location: str | torch.device = "cpu") -> OneStageDetector:
-    """Inverse of ``save_one_stage``; errors name the file and the problem."""
+    """Inverse of ``save_one_stage`` onto ``map_location``; errors name the file (or the device) and the problem.
+
+    Read on the CPU, so that a device this machine lacks is a ``DeviceError``, not "unreadable";
+    non-finite weights are refused (``CheckpointError``).
+    """
     path = Path(path)
+    device = resolve_device(map_location, "map_location")
     try:
-        content = torch.load(path, map_location=map_location, weights_only=True)
+        content = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: one-stage checkpoint not found") from None
     except Exception as exc:  # unpickling errors come in many types
@@ -350,9 +357,14 @@ def load_one_stage(path: Path | str, map_location: str | torch.device = "cpu") -
         RPNConfig(**content["label_cfg"]),
     )
     model.cfg = cfg
+    state = content["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path}: 'state_dict' is not a state dict of tensors")
+    check_finite(state, f"{path}:")
     try:
-        model.load_state_dict(content["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not fit the one-stage detector ({exc})") from exc
+    model.to(device)
     model.eval()
     return model

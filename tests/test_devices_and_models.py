@@ -171,3 +171,22 @@ def test_voc_annotation_naming_a_fifo(tmp_path, capsys):
         parse_voc_annotation(xml, root / "JPEGImages")
     assert data_main(["validate", "--root", str(root)]) == 1
     assert "is not a regular file (a FIFO)" in capsys.readouterr().out
+
+
+def test_one_stage_checkpoint_device_and_non_finite_weights(tmp_path):
+    from model.one_stage import OneStageDetector, load_one_stage, save_one_stage
+
+    torch.manual_seed(0)
+    cfg = DetectorConfig(class_names=("cat",), backbone="zf", pretrained=False, min_size=96, max_size=160,
+                         anchors=AnchorConfig(scales=(2.0, 4.0, 8.0)))
+    path = tmp_path / "one_stage.pt"
+    save_one_stage(path, OneStageDetector(cfg, {"fc_width": 16}))
+    with pytest.raises(DeviceError, match="map_location 'cuda:99'"):
+        load_one_stage(path, map_location="cuda:99")
+    assert next(load_one_stage(path).parameters()).device.type == "cpu"
+    content = torch.load(path, weights_only=True)
+    key = next(k for k, v in content["state_dict"].items() if v.is_floating_point())
+    content["state_dict"][key].view(-1)[0] = float("nan")
+    torch.save(content, path)
+    with pytest.raises(CheckpointError, match=rf"{path}: tensor {key!r} has 1 non-finite value"):
+        load_one_stage(path)
