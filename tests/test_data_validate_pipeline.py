@@ -104,8 +104,9 @@ def test_splits_sharing_an_image_file_under_two_ids_are_invalid(tmp_path, capsys
     code, out = validate(capsys, "--root", str(root))
     assert code == 1
     problems = problems_of(out)
-    assert "splits 'trainval' and 'test' share 1 image file(s) under different ids" in problems
-    assert "000.png" in problems and "'000'" in problems and "'004'" in problems
+    image = root / "JPEGImages" / "000.png"
+    assert (f"splits 'trainval' and 'test' share 1 image(s) under different ids, e.g. {image} ('004' in 'test')"
+            f" is the same file as {image} ('000' in 'trainval')") in problems
 
 
 def test_splits_sharing_a_file_through_a_symlink_are_invalid(tmp_path, capsys):
@@ -113,7 +114,34 @@ def test_splits_sharing_a_file_through_a_symlink_are_invalid(tmp_path, capsys):
     (root / "JPEGImages" / "004.png").unlink()
     os.symlink(root / "JPEGImages" / "000.png", root / "JPEGImages" / "004.png")
     code, out = validate(capsys, "--root", str(root))
-    assert code == 1 and "share 1 image file(s)" in problems_of(out)
+    assert code == 1 and "share 1 image(s) under different ids" in problems_of(out)
+    assert "004.png ('004' in 'test') is the same file as" in problems_of(out)
+
+
+def test_splits_sharing_a_hard_link_or_a_copy_are_invalid(tmp_path, capsys):
+    root = make_voc(tmp_path / "voc", SIZES, {"trainval": ["000", "001", "002"], "test": ["004", "005"]})
+    images = root / "JPEGImages"
+    (images / "004.png").unlink()
+    os.link(images / "000.png", images / "004.png")
+    (images / "005.png").write_bytes((images / "001.png").read_bytes())
+    code, out = validate(capsys, "--root", str(root))
+    assert code == 1
+    problems = problems_of(out)
+    assert "splits 'trainval' and 'test' share 2 image(s) under different ids" in problems
+    assert f"{images / '004.png'} ('004' in 'test') is the same file as {images / '000.png'}" in problems
+    # A copy in the same split is no leak between train and test: that split alone is valid.
+    code, out = validate(capsys, "--root", str(root), "--split", "test")
+    assert code == 0, out
+
+
+def test_byte_identical_copy_across_splits_is_named(tmp_path, capsys):
+    root = make_voc(tmp_path / "voc", SIZES, {"trainval": ["000", "001", "002"], "test": ["004", "005"]})
+    images = root / "JPEGImages"
+    (images / "005.png").write_bytes((images / "001.png").read_bytes())
+    code, out = validate(capsys, "--root", str(root))
+    assert code == 1
+    assert (f"e.g. {images / '005.png'} ('005' in 'test') is a byte-identical copy of {images / '001.png'}"
+            " ('001' in 'trainval')") in problems_of(out)
 
 
 def test_named_splits_are_checked_and_must_exist(tmp_path, capsys):

@@ -22,6 +22,7 @@ readers check (see ``model.data.voc``), :func:`pipeline_problems` - which
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -33,7 +34,7 @@ from model.config import DetectorConfig
 from model.data.flat import split_ids
 from model.data.images import load_image_rgb
 from model.data.loading import LAYOUTS, load_dataset
-from model.data.records import DatasetError, DetectionDataset, devkit_token_problem
+from model.data.records import DatasetError, DetectionDataset, ImageRecord, devkit_token_problem
 from model.data.scale import MIN_IMAGE_SIDE, MIN_INPUT_SIDE, compute_scale, resized_size
 from model.data.voc import (
     IMAGE_EXTENSIONS,
@@ -129,16 +130,74 @@ def _load_all_voc(root: Path, classes: Sequence[str] | None, errors: list[Datase
     return dataset
 
 
-def _same_file_key(path: Path) -> str:
-    """What makes two image paths the same file: the real path (links resolved)."""
-    return os.path.realpath(path)
+def _file_identity(path: Path) -> tuple:
+    """What makes two image paths one file: device and inode (symbolic and hard links alike)."""
+    try:
+        status = os.stat(path)
+    except OSError:  # missing files are reported elsewhere; compare them by name
+        return ("path", os.path.realpath(path))
+    return ("inode", status.st_dev, status.st_ino)
+
+
+def _file_digest(path: Path) -> str | None:
+    hasher = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                hasher.update(chunk)
+    except OSError:
+        return None
+    return hasher.hexdigest()
+
+
+def _shared_images(first: DetectionDataset, second: DetectionDataset) -> list[tuple[ImageRecord, ImageRecord, str]]:
+    """``(record of first, record of second, how)`` for images of ``second`` that are images of ``first``.
+
+    ``how`` is "the same file as" (one inode: the same path, or linked) or "a byte-identical
+    copy of". Only files of equal size are hashed, so the check costs a ``stat`` per image.
+    """
+    by_identity = {_file_identity(r.path): r for r in first.records}
+    shared = []
+    rest = []
+    for record in second.records:
+        twin = by_identity.get(_file_identity(record.path))
+        if twin is not None:
+            if twin.image_id != record.image_id:  # equal ids are reported as such
+                shared.append((twin, record, "the same file as"))
+        else:
+            rest.append(record)
+    sizes: dict[int, list] = {}
+    for record in first.records:
+        try:
+            sizes.setdefault(os.stat(record.path).st_size, []).append(record)
+        except OSError:
+            continue
+    digests: dict[Path, str | None] = {}
+
+    def digest(path: Path) -> str | None:
+        if path not in digests:
+            digests[path] = _file_digest(path)
+        return digests[path]
+
+    for record in rest:
+        try:
+            candidates = sizes.get(os.stat(record.path).st_size, [])
+        except OSError:
+            continue
+        mine = digest(record.path) if candidates else None
+        for twin in candidates:
+            if mine is not None and digest(twin.path) == mine and twin.image_id != record.image_id:
+                shared.append((twin, record, "a byte-identical copy of"))
+                break
+    return shared
 
 
 def split_problems(splits: Mapping[str, DetectionDataset], source: Path | str) -> list[str]:
-    """Problems between the splits of one pipeline: empty ones, shared ids, shared image files.
+    """Problems between the splits of one pipeline: empty ones, shared ids, shared images.
 
     ``splits`` maps a split's name (``trainval``, ``test``) to its records; every pair
-    must be disjoint. ``source`` (the dataset root) starts each message.
+    must be disjoint, by id and by image (one file under two ids, or a byte-identical
+    copy). ``source`` (the dataset root) starts each message.
     """
     problems: list[str] = []
     for name, dataset in splits.items():
@@ -152,17 +211,12 @@ def split_problems(splits: Mapping[str, DetectionDataset], source: Path | str) -
                 problems.append(
                     f"{source}: splits {first!r} and {second!r} share {len(ids)} image id(s), e.g. {sorted(ids)[:3]}"
                 )
-            files_first = {_same_file_key(r.path): r.image_id for r in splits[first].records}
-            shared = [
-                (files_first[key], r.image_id, key)
-                for r in splits[second].records
-                if (key := _same_file_key(r.path)) in files_first and files_first[key] != r.image_id
-            ]
+            shared = _shared_images(splits[first], splits[second])
             if shared:
-                a, b, key = shared[0]
+                a, b, how = shared[0]
                 problems.append(
-                    f"{source}: splits {first!r} and {second!r} share {len(shared)} image file(s) under different ids,"
-                    f" e.g. {key} is {a!r} in {first!r} and {b!r} in {second!r}"
+                    f"{source}: splits {first!r} and {second!r} share {len(shared)} image(s) under different ids,"
+                    f" e.g. {b.path} ({b.image_id!r} in {second!r}) is {how} {a.path} ({a.image_id!r} in {first!r})"
                 )
     return problems
 
@@ -187,14 +241,14 @@ def record_problems(
         problem = devkit_token_problem(name)
         if problem is not None:
             problems.append(f"{dataset.root}: class name {name!r} {problem}: it cannot name a devkit results file")
-    owner: dict[str, str] = {}
+    owner: dict[tuple, str] = {}
     for record in dataset.records:
         problem = devkit_token_problem(record.image_id)
         if problem is not None:
             problems.append(
                 f"{record.path}: image id {record.image_id!r} {problem}: it cannot be written in a devkit results line"
             )
-        key = _same_file_key(record.path)
+        key = _file_identity(record.path)
         if key in owner:
             problems.append(f"{record.path}: image file named by two annotations, ids {owner[key]!r} and {record.image_id!r}")
         else:
