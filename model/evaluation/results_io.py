@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from model.atomic import atomic_write_text
+from model.data.records import devkit_token_problem
 
 if TYPE_CHECKING:  # imported where needed: reading and scoring files needs no torch
     from model.detections import Detections
@@ -34,8 +35,9 @@ def results_file_name(image_set: str, class_name: str) -> str:
 
 def _check_token(value: str, what: str) -> None:
     """Image ids, class names and image-set names become file names or space-separated fields."""
-    if not value or any(c.isspace() for c in value) or "/" in value or "\\" in value or "\x00" in value:
-        raise ValueError(f"{what} {value!r} cannot appear in a results file name or line")
+    problem = devkit_token_problem(value)
+    if problem is not None:
+        raise ValueError(f"{what} {value!r} {problem}: it cannot appear in a results file name or line")
 
 
 def write_voc_results(
