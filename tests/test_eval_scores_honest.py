@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,15 @@ def test_results_files_of_unscored_classes_are_named(scored, capsys, caplog):
     (results / "comp4_det_test_Cat.txt").write_text("im0 0.9 1 1 20 20\n")  # a case typo
     assert run() == 0
     assert "results files of classes not scored" in caplog.text and "Cat" in caplog.text
+
+
+def test_results_path_that_is_not_a_file_is_an_error_not_a_zero(scored, capsys, caplog):
+    run, results = scored
+    fifo = results / "comp4_det_test_dog.txt"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    assert run() == 1 and capsys.readouterr().out == ""
+    assert f"{fifo}: results path is not a regular file (a FIFO)" in caplog.text
 
 
 def test_no_results_file_at_all_is_an_error(scored, capsys, caplog):

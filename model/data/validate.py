@@ -203,6 +203,9 @@ def split_problems(splits: Mapping[str, DetectionDataset], source: Path | str) -
     for name, dataset in splits.items():
         if not dataset.records:
             problems.append(f"{source}: split {name!r} has no images")
+        problem = devkit_token_problem(name)
+        if problem is not None:  # the split names the results files: comp4_det_<split>_<class>.txt
+            problems.append(f"{source}: split name {name!r} {problem}: it cannot name a devkit results file")
     names = list(splits)
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
@@ -261,7 +264,7 @@ def _size_problems(path: Path, width: int, height: int, min_size: int, max_size:
     if min(width, height) < MIN_IMAGE_SIDE:
         return [
             f"{path}: image of {width}x{height} pixels is too small: a side under {MIN_IMAGE_SIDE:g} pixels"
-            " keeps no proposal"
+            " keeps no proposal (smaller ones are dropped)"
         ]
     scale = compute_scale(height, width, min_size, max_size)
     input_h, input_w = resized_size(height, width, scale)
@@ -289,10 +292,7 @@ def pipeline_problems(
     an empty list means the pipeline can use the data.
     """
     problems = split_problems(splits, source)
-    for name, dataset in splits.items():
-        problem = devkit_token_problem(name)
-        if problem is not None:
-            problems.append(f"{source}: split name {name!r} {problem}: it cannot name a devkit results file")
+    for dataset in splits.values():
         problems.extend(record_problems(dataset, min_size=min_size, max_size=max_size, decode_images=decode_images))
     return list(dict.fromkeys(problems))
 
@@ -417,12 +417,9 @@ def validate_dataset(
             (report.problems if named else report.notes).extend(
                 line if named else f"{line} (the default; --train-split/--test-split name others)" for line in missing
             )
+            if (train_split or default_train) == (test_split or default_test):
+                report.problems.append(f"{root}: the train and test split are both {train_split or default_train!r}")
             report.problems.extend(split_problems(pair, root))
-            report.problems.extend(
-                f"{root}: split name {name!r} {problem}: it cannot name a devkit results file"
-                for name in pair
-                if (problem := devkit_token_problem(name)) is not None
-            )
         else:  # coco: the file is the split
             report.problems.extend(split_problems({split or "annotations": dataset}, root))
         report.classes = dataset.classes

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.data.images import not_regular_file
 from model.data.records import DatasetError, DetectionDataset
 from model.data.voc import discover_classes, load_voc_annotations, read_image_set
 from model.evaluation.results_io import RESULTS_PREFIX, read_class_results, results_file_name
@@ -76,6 +77,10 @@ def evaluate_results_dir(
     if not results_dir.is_dir():
         raise FileNotFoundError(f"{results_dir}: results folder not found")
     paths = {name: results_dir / results_file_name(image_set, name) for name in classes}
+    for path in paths.values():
+        kind = not_regular_file(path)
+        if kind is not None:  # present but unreadable as a file: an error, not "no detections"
+            raise ValueError(f"{path}: results path is not a regular file ({kind})")
     if not any(path.is_file() for path in paths.values()):
         raise FileNotFoundError(
             f"{results_dir}: no results file for image set {image_set!r} "
