@@ -312,3 +312,12 @@ def test_no_object_of_any_class_is_invalid_and_names_the_folder(tmp_path, capsys
                     objects={i: [] for i in SIZES})
     code, out = validate(capsys, "--root", str(root))
     assert code == 1 and f"{root / 'Annotations'}: class list is empty" in problems_of(out)
+
+
+def test_split_with_only_difficult_objects_is_invalid(tmp_path, capsys):
+    root = make_voc(tmp_path / "voc", SIZES, {"trainval": ["000", "001"], "test": ["004"]})
+    xml = root / "Annotations" / "004.xml"
+    xml.write_text(xml.read_text().replace("<difficult>0</difficult>", "<difficult>1</difficult>"))
+    code, out = validate(capsys, "--root", str(root))
+    assert code == 1
+    assert f"{root}: split 'test' has no object that is not difficult: it can neither train nor be scored" in problems_of(out)

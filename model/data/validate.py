@@ -9,8 +9,9 @@ VALID promises that every pipeline stage can use the data. Besides what the
 readers check (see ``model.data.voc``), :func:`pipeline_problems` - which
 ``prepare_data`` runs too, before anything trains - refuses:
 
-* an empty split, and a train and test split that share an image id or an image
-  *file* (two ids whose annotations name one image; symbolic links resolved);
+* an empty split, or one whose every object is difficult (nothing to train on or
+  to score), and a train and test split that share an image id or an image (one
+  file under two ids, through a symbolic or hard link, or a byte-identical copy);
 * two annotations naming one image file within a split;
 * an image id, class name or split name that cannot be written in the devkit
   results format (whitespace, path separators: see ``records.devkit_token_problem``);
@@ -203,6 +204,9 @@ def split_problems(splits: Mapping[str, DetectionDataset], source: Path | str) -
     for name, dataset in splits.items():
         if not dataset.records:
             problems.append(f"{source}: split {name!r} has no images")
+        elif not any(not obj.difficult for record in dataset.records for obj in record.objects):
+            # Training drops difficult objects and the mAP leaves them out: such a split is of no use.
+            problems.append(f"{source}: split {name!r} has no object that is not difficult: it can neither train nor be scored")
         problem = devkit_token_problem(name)
         if problem is not None:  # the split names the results files: comp4_det_<split>_<class>.txt
             problems.append(f"{source}: split name {name!r} {problem}: it cannot name a devkit results file")
