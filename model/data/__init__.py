@@ -9,7 +9,7 @@ from model.data.images import image_size, load_image_rgb
 from model.data.loading import load_dataset
 from model.data.records import DatasetError, DetectionDataset, ImageRecord, ObjectAnnotation
 from model.data.synthetic import SHAPE_CLASSES, SyntheticSpec, generate_synthetic_voc, render_synthetic_image
-from model.data.validate import ValidationReport, format_report, validate_dataset
+from model.data.validate import ValidationReport, format_report, pipeline_problems, validate_dataset
 from model.data.voc import (
     VOC_CLASSES,
     discover_classes,
@@ -39,6 +39,7 @@ __all__ = [
     "load_voc",
     "load_voc_annotations",
     "parse_voc_annotation",
+    "pipeline_problems",
     "read_image_set",
     "render_synthetic_image",
     "split_ids",
