@@ -62,6 +62,14 @@ def test_duplicate_or_malformed_ids_are_refused(tmp_path, capsys, field, content
     assert message in out and "INVALID" in out
 
 
+@pytest.mark.parametrize("key, value", [("image_id", True), ("image_id", "1"), ("category_id", True), ("category_id", 1.0)])
+def test_references_must_be_integer_ids(tmp_path, key, value):
+    path = write(tmp_path, annotations=[ann(1, 1), {**ann(2, 2, 2), key: value}])
+    with pytest.raises(DatasetError) as caught:
+        load_coco(path, tmp_path / "images")
+    assert str(caught.value) == f"{path}: annotation 2: {key} must be an integer id, got {value!r}"
+
+
 @pytest.mark.parametrize("key, value", [("iscrowd", 2), ("iscrowd", "1"), ("iscrowd", None), ("iscrowd", 0.5), ("ignore", -1)])
 def test_non_boolean_flags_are_refused(tmp_path, capsys, key, value):
     path = write(tmp_path, annotations=[ann(1, 1), ann(2, 2, 2, **{key: value})])

@@ -216,6 +216,11 @@ def load_coco(annotation_json: Path, images_dir: Path) -> DetectionDataset:
         raise DatasetError(f"{path}: category names must be distinct non-empty strings, got {names}")
     class_of = {cat["id"]: cat["name"] for cat in categories}
 
+    for ann in raw["annotations"]:
+        for key in ("image_id", "category_id"):
+            value = ann.get(key)
+            if isinstance(value, bool) or not isinstance(value, int):  # True == 1 would match image/category 1
+                raise DatasetError(f"{path}: annotation {ann.get('id')}: {key} must be an integer id, got {value!r}")
     known_images = set(coco.imgs)
     stray = {ann.get("image_id") for ann in raw["annotations"]} - known_images
     if stray:
