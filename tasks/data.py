@@ -108,12 +108,16 @@ def prepare(params: Mapping[str, Any]) -> dict[str, Any]:
                 )
         if splits["train"] == splits["test"]:
             raise ParamsError(f"data.train_split and data.test_split are both {splits['train']!r}; they must differ")
-        datasets = {role: load_dataset(read_root, data_layout, split, classes) for role, split in splits.items()}
+        # Every bad file is collected (the COCO reader has one file: it raises), then the checks of
+        # `python -m model.data validate` run: all found now, not one per run after four training steps.
+        errors: list[DatasetError] = []
+        collect = {"errors": errors} if data_layout != "coco" else {}
+        datasets = {role: load_dataset(read_root, data_layout, split, classes, **collect) for role, split in splits.items()}
         found = datasets["train"].classes
         if datasets["test"].classes != found:
             raise ManifestError(f"{read_root}: train and test splits disagree on classes ({found} vs {datasets['test'].classes})")
-        # The checks of `python -m model.data validate`, found now rather than after four training steps.
-        problems = pipeline_problems(
+        problems = list(dict.fromkeys(str(error) for error in errors))
+        problems += pipeline_problems(
             {splits[role]: ds for role, ds in datasets.items()}, read_root, **input_size(params), decode_images=True
         )
         if problems:

@@ -295,6 +295,19 @@ def test_prepare_data_refuses_what_validate_refuses(tmp_path, monkeypatch, capsy
     assert code == 1 and expected in out
 
 
+def test_prepare_data_lists_every_bad_file_at_once(tmp_path, monkeypatch):
+    from tasks.data import prepare
+
+    root = make_voc(tmp_path / "voc", SIZES, {"trainval": ["000", "001", "002"], "test": ["004", "005"]})
+    (root / "Annotations" / "001.xml").write_text("<annotation><object>")
+    (root / "JPEGImages" / "005.png").unlink()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetError) as caught:
+        prepare(_params(root))
+    message = str(caught.value)
+    assert "001.xml: malformed XML" in message and "005.png not found" in message
+
+
 def test_prepare_data_accepts_clean_data_and_refuses_equal_splits(tmp_path, monkeypatch):
     from tasks.data import prepare
     from tasks.params import ParamsError
