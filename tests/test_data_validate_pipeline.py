@@ -232,6 +232,22 @@ def test_object_with_two_boxes_is_refused(tmp_path, capsys):
         load_voc(root, "trainval")
 
 
+@pytest.mark.parametrize("old, new, message", [
+    ("<name>cat</name>", "<name>cat</name><name>dog</name>", "object 0 has 2 <name> elements"),
+    ("<xmin>1</xmin>", "<xmin>1</xmin><xmin>5</xmin>", "object 0 (cat) <bndbox> has 2 <xmin> elements"),
+    ("<difficult>0</difficult>", "<difficult>0</difficult><difficult>1</difficult>", "object 0 (cat) has 2 <difficult>"),
+    ("<width>64</width>", "<width>64</width><width>32</width>", "<size> has 2 <width> elements"),
+    ("<filename>001.png</filename>", "<filename>001.png</filename><filename>000.png</filename>", "<annotation> has 2 <filename>"),
+])
+def test_repeated_single_valued_elements_are_refused(tmp_path, capsys, old, new, message):
+    root = make_voc(tmp_path / "voc", SIZES, {"trainval": ["000", "001"], "test": ["004"]})
+    xml = root / "Annotations" / "001.xml"
+    assert old in xml.read_text()
+    xml.write_text(xml.read_text().replace(old, new, 1))
+    code, out = validate(capsys, "--root", str(root))
+    assert code == 1 and f"{xml}: {message}" in problems_of(out)
+
+
 def test_repeated_identical_box_is_kept_once_as_a_fixup(tmp_path, capsys):
     twice = [("cat", (1, 1, 20, 20)), ("dog", (5, 5, 30, 30)), ("cat", (1, 1, 20, 20))]
     root = make_voc(tmp_path / "voc", SIZES, {"trainval": ["000", "001"], "test": ["004"]}, objects={"001": twice})

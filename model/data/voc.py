@@ -18,7 +18,9 @@ leave the images folder. Problems are handled in one of two ways:
   with the same class and box (kept once, see ``records.drop_duplicate_objects``).
 
 An ``<object>`` with more than one ``<bndbox>`` is a hard error: which box is the
-object cannot be told, and taking the first would silently lose the others.
+object cannot be told, and taking the first would silently lose the others. So is
+any other repeated single-valued element (``<name>``, ``<difficult>``, ``<xmin>``
+..., ``<size>``, ``<width>``, ``<filename>``).
 
 A box is *degenerate* when its corners coincide on an axis or are inverted
 (``xmax <= xmin`` or ``ymax <= ymin`` in the file): annotation tools write the
@@ -153,6 +155,14 @@ def _text(element: Element, tag: str) -> str | None:
     return text or None
 
 
+def _check_single(element: Element, tags: Sequence[str], where: str, xml_path: Path) -> None:
+    """Each of ``tags`` at most once under ``element``: a second one would be silently ignored."""
+    for tag in tags:
+        count = len(element.findall(tag))
+        if count > 1:
+            raise DatasetError(f"{xml_path}: {where} has {count} <{tag}> elements; expected at most one")
+
+
 def _number(text: str | None, what: str, xml_path: Path) -> float:
     if text is None:
         raise DatasetError(f"{xml_path}: missing {what}")
@@ -253,6 +263,7 @@ def parse_voc_annotation(
     root = read_annotation_xml(xml_path)
     fixups: list[str] = []
 
+    _check_single(root, ("filename", "size"), "<annotation>", xml_path)
     filename = _text(root, "filename")
     if images_dir is not None:
         images_dir = Path(images_dir)
@@ -267,6 +278,8 @@ def parse_voc_annotation(
         image_path = _inside(guess_dir, filename or image_id + ".jpg", xml_path)
 
     size = root.find("size")
+    if size is not None:
+        _check_single(size, ("width", "height"), "<size>", xml_path)
     width_text = _text(size, "width") if size is not None else None
     height_text = _text(size, "height") if size is not None else None
     width = _number(width_text, "<size><width>", xml_path) if width_text is not None else 0.0
@@ -292,10 +305,12 @@ def parse_voc_annotation(
     object_labels: list[str] = []
     for index, obj in enumerate(root.findall("object")):
         where = f"object {index}"
+        _check_single(obj, ("name",), where, xml_path)
         name = _text(obj, "name")
         if name is None:
             raise DatasetError(f"{xml_path}: {where} has no <name>")
         where = f"object {index} ({name})"
+        _check_single(obj, ("difficult",), where, xml_path)
         if classes is not None and name not in classes:
             raise DatasetError(f"{xml_path}: {where}: unknown class {name!r}; known classes: {', '.join(classes)}")
         difficult = _difficult(_text(obj, "difficult"), where, xml_path)
@@ -306,6 +321,7 @@ def parse_voc_annotation(
             # Which one is the object? Taking the first would silently drop the others.
             raise DatasetError(f"{xml_path}: {where} has {len(box_elements)} <bndbox> elements; an object has one box")
         box_element = box_elements[0]
+        _check_single(box_element, ("xmin", "ymin", "xmax", "ymax"), f"{where} <bndbox>", xml_path)
         xmin, ymin, xmax, ymax = (
             _number(_text(box_element, tag), f"{where} <{tag}>", xml_path) for tag in ("xmin", "ymin", "xmax", "ymax")
         )
