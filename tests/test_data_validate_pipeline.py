@@ -332,6 +332,13 @@ def test_prepare_data_accepts_clean_data_and_refuses_equal_splits(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     metrics = prepare(_params(root))
     assert metrics["train"]["images"] == 3 and metrics["test"]["images"] == 2
+    manifest = tmp_path / "data" / "prepared" / "manifest.json"
+    before = manifest.read_bytes()
+    # Broken data later: refused, and the manifest already written is kept as it was.
+    (root / "ImageSets" / "Main" / "test.txt").write_text("002\n004\n")
+    with pytest.raises(DatasetError, match="share 1 image id"):
+        prepare(_params(root))
+    assert manifest.read_bytes() == before
     with pytest.raises(ParamsError, match="data.train_split and data.test_split are both 'test'"):
         prepare(_params(root, train_split="test"))
 
