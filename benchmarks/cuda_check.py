@@ -38,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from model.alternating import FOUR_STEPS, reset_state
 from model.config import AnchorConfig, DetectorConfig, ProposalConfig
 from model.data.voc import load_voc
 from model.evaluation.voc_ap import evaluate_voc
@@ -46,10 +47,8 @@ from model.inference import detect_dataset, propose_dataset
 from model.training import TrainSchedule, train_detector, train_rpn
 
 BACKBONE_OPTIONS = {"pool_size": 7, "top": "fc", "fc_width": 1024}
-# Step 4 re-initialises only the classifier and box regressor of the detector group; fc6/fc7
-# stay as step 2/3 left them (same keys as tasks.weights.PREDICTOR_PREFIXES, copied, not imported).
-PREDICTOR_PREFIXES = ("cls_score.", "bbox_pred.")
-STEP_NAMES = ("step1_rpn", "step2_fast_rcnn", "step3_rpn", "step4_fast_rcnn")
+# The recipe (what each step trains, which layers it resets) is the library's.
+STEP1, STEP2, STEP3, STEP4 = FOUR_STEPS
 
 
 def parse_args() -> argparse.Namespace:
@@ -165,8 +164,9 @@ def main() -> None:
         log(f"{name}: {clock.seconds:.1f} s, {len(dataset) / clock.seconds:.2f} images/s")
         return result
 
-    def run_step(index: int, train_fn, *train_args, groups: tuple[str, ...], tmp: Path):
-        name, iterations = STEP_NAMES[index], args.iterations[index]
+    def run_step(index: int, train_fn, *train_args, tmp: Path):
+        step = FOUR_STEPS[index]
+        name, iterations, groups = step.name, args.iterations[index], step.trains
         log(f"{name}: {iterations} iterations, training {groups}")
         with Clock(device) as clock:
             history = train_fn(*train_args, schedule(iterations, args, seed=index + 1), tmp / f"{name}.pt",
@@ -179,10 +179,16 @@ def main() -> None:
         log(f"{name}: {clock.seconds:.1f} s, {iterations / clock.seconds:.2f} it/s{peak}, "
             f"loss {steps[name]['loss_first']:.3f} -> {steps[name]['loss_last']:.3f}")
 
+    def reset(step) -> None:
+        """The step's reset (model.alternating): its layers back to the initial weights."""
+        module = model.group_modules()[step.reset.group]
+        module.load_state_dict(reset_state(step.reset, module.state_dict(), initial_groups[step.reset.group]),
+                               strict=True)
+
     with tempfile.TemporaryDirectory(prefix="cuda_check_") as tmp_name:
         tmp = Path(tmp_name)
         # Step 1: RPN with the shared convs, from the initial weights.
-        run_step(0, train_rpn, model, train, groups=("shared", "rpn"), tmp=tmp)
+        run_step(0, train_rpn, model, train, tmp=tmp)
         step1_train = timed_pass("step1_proposals_train", lambda: propose_dataset(
             model, train, cfg.cache_proposals, progress=False), train)
         # The unshared pair is scored on step 1's test-time proposals; after this the step-1
@@ -198,25 +204,23 @@ def main() -> None:
         model = FasterRCNN(dataclasses.replace(cfg, pretrained=False), BACKBONE_OPTIONS)
         model.load_state_dict(initial, strict=True)
         model.to(device)
-        run_step(1, train_detector, model, train, step1_train, groups=("shared", "detector"), tmp=tmp)
+        run_step(1, train_detector, model, train, step1_train, tmp=tmp)
         # Score the unshared pair now: step 4 below overwrites this detector.
         unshared = evaluate_voc(test, timed_pass("unshared_detect_test", lambda: detect_dataset(
             model, test, proposals=step1_test, progress=False), test), metric="voc07")
         log(f"unshared (step-1 RPN -> step-2 detector) VOC07 mAP {unshared.mAP:.4f}")
 
         # Step 3: step 2's network, RPN layers back to their initial values, RPN only (shared frozen).
-        model.group_modules()["rpn"].load_state_dict(initial_groups["rpn"], strict=True)
-        run_step(2, train_rpn, model, train, groups=("rpn",), tmp=tmp)
+        reset(STEP3)
+        run_step(2, train_rpn, model, train, tmp=tmp)
         step3_train = timed_pass("step3_proposals_train", lambda: propose_dataset(
             model, train, cfg.cache_proposals, progress=False), train)
 
         # Step 4: classifier and box regressor back to their initial values (fc6/fc7 kept),
         # detector only, on step 3's proposals. The shared convs never changed after step 2,
         # so this one network is the shared model: step 3's RPN + step 4's detector.
-        head = model.group_modules()["detector"]
-        head.load_state_dict({**head.state_dict(), **{k: v for k, v in initial_groups["detector"].items()
-                                                      if k.startswith(PREDICTOR_PREFIXES)}}, strict=True)
-        run_step(3, train_detector, model, train, step3_train, groups=("detector",), tmp=tmp)
+        reset(STEP4)
+        run_step(3, train_detector, model, train, step3_train, tmp=tmp)
         shared = evaluate_voc(test, timed_pass("shared_detect_test", lambda: detect_dataset(
             model, test, progress=False), test), metric="voc07")
         log(f"shared (step-3 RPN + step-4 detector) VOC07 mAP {shared.mAP:.4f}")

@@ -39,7 +39,8 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import ablations
-from tasks.layout import STAGES, row_key, workspace
+from tasks.layout import workspace
+from tasks.stages import STAGES, row_key
 from tasks.tracking import PIPELINE_RUN_ENV
 
 WORKERS_ENV = "FRCNN_ABLATION_WORKERS"

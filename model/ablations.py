@@ -25,10 +25,6 @@ step-1 RPN, ``"rpn_strong"`` an RPN on a stronger backbone (VGG-16 vs ZF in the 
 EfficientNet-Lite2 vs Lite0 on the CPU default), ``"ss"`` selective search, ``"dense"`` the
 anchors themselves scored by the one-stage head (no separate proposal step).
 
-``kind``: ``"train"`` when the row needs a model trained for it (or assembled from the
-four steps); ``"test"`` when only test-time proposal settings of an existing detector
-change (``proposal_cfg`` overrides of the test ``ProposalConfig``).
-
 Decision on "no cls, random N": the paper removes the cls layer at test time, "(thus no
 NMS/ranking is used), we randomly sample N proposals from the unscored regions". We follow
 that literally: all decoded, clipped, size-filtered boxes are candidates (``pre_nms_top_n``
@@ -52,7 +48,6 @@ from typing import Any
 
 from model.config import ProposalConfig
 
-KINDS = ("train", "test")
 PROPOSAL_SOURCES = ("rpn", "rpn_unshared", "rpn_strong", "ss", "dense")
 DETECTORS = ("shared", "unshared", "ss", "one_stage")
 
@@ -94,14 +89,11 @@ class AblationRow:
     paper_map: float
     paper_baseline_key: str | None
     description: str
-    kind: str
     proposal_source: str
     detector: str
     proposal_cfg: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"ablation row {self.key!r}: kind must be one of {KINDS}, got {self.kind!r}")
         if self.proposal_source not in PROPOSAL_SOURCES:
             raise ValueError(
                 f"ablation row {self.key!r}: proposal_source must be one of {PROPOSAL_SOURCES}, "
@@ -130,7 +122,6 @@ ABLATION_ROWS: tuple[AblationRow, ...] = (
         paper_map=PAPER_RESULTS["shared"],
         paper_baseline_key=None,
         description="the four-step model (step-3 RPN + step-4 detector, shared convs), RPN top 300",
-        kind="train",
         proposal_source="rpn",
         detector="shared",
     ),
@@ -140,7 +131,6 @@ ABLATION_ROWS: tuple[AblationRow, ...] = (
         paper_map=PAPER_RESULTS["unshared"],
         paper_baseline_key="shared",
         description="step-1 RPN with the step-2 detector, no shared convs",
-        kind="train",
         proposal_source="rpn_unshared",
         detector="unshared",
     ),
@@ -150,7 +140,6 @@ ABLATION_ROWS: tuple[AblationRow, ...] = (
         paper_map=PAPER_RESULTS["ss_rpn_test"],
         paper_baseline_key="unshared",
         description="detector trained on selective-search proposals, tested on the unshared RPN's top 300",
-        kind="train",
         proposal_source="rpn_unshared",
         detector="ss",
     ),
@@ -160,7 +149,6 @@ ABLATION_ROWS: tuple[AblationRow, ...] = (
         paper_map=PAPER_RESULTS["top_100"],
         paper_baseline_key="ss_rpn_test",
         description="SS-trained detector; RPN top 100 at test",
-        kind="test",
         proposal_source="rpn_unshared",
         detector="ss",
         proposal_cfg={"post_nms_top_n": 100},
@@ -171,7 +159,6 @@ ABLATION_ROWS: tuple[AblationRow, ...] = (
         paper_map=PAPER_RESULTS["no_nms"],
         paper_baseline_key="ss_rpn_test",
         description="SS-trained detector; RPN top 6000 at test, no NMS",
-        kind="test",
         proposal_source="rpn_unshared",
         detector="ss",
         proposal_cfg={"pre_nms_top_n": 6000, "post_nms_top_n": 6000, "use_nms": False},
@@ -183,7 +170,6 @@ ABLATION_ROWS: tuple[AblationRow, ...] = (
         paper_baseline_key="ss_rpn_test",
         description="SS-trained detector; 1000 boxes drawn at random from the RPN's boxes "
         "(no cls: no ranking, no NMS)",
-        kind="test",
         proposal_source="rpn_unshared",
         detector="ss",
         proposal_cfg={"pre_nms_top_n": -1, "post_nms_top_n": 1000, "use_nms": False, "ranking": "random"},
@@ -195,7 +181,6 @@ ABLATION_ROWS: tuple[AblationRow, ...] = (
         paper_baseline_key="ss_rpn_test",
         description="SS-trained detector; 100 boxes drawn at random from the RPN's boxes "
         "(no cls: no ranking, no NMS)",
-        kind="test",
         proposal_source="rpn_unshared",
         detector="ss",
         proposal_cfg={"pre_nms_top_n": -1, "post_nms_top_n": 100, "use_nms": False, "ranking": "random"},
@@ -207,7 +192,6 @@ ABLATION_ROWS: tuple[AblationRow, ...] = (
         paper_baseline_key="ss_rpn_test",
         description="SS-trained detector; the anchors themselves as proposals (no reg), "
         "top 300 by score",
-        kind="test",
         proposal_source="rpn_unshared",
         detector="ss",
         proposal_cfg={"use_regression": False, "post_nms_top_n": 300},
@@ -219,7 +203,6 @@ ABLATION_ROWS: tuple[AblationRow, ...] = (
         paper_baseline_key="ss_rpn_test",
         description="SS-trained detector; top 300 of a stronger backbone's RPN "
         "(VGG-16 vs ZF in the paper, EfficientNet-Lite2 vs Lite0 on the CPU default)",
-        kind="train",
         proposal_source="rpn_strong",
         detector="ss",
     ),
@@ -230,7 +213,6 @@ ABLATION_ROWS: tuple[AblationRow, ...] = (
         paper_baseline_key="unshared",
         description="one-stage: class-specific detection straight from the sliding window "
         "on dense anchors (3 scales x 3 ratios), vs the unshared two-stage system",
-        kind="train",
         proposal_source="dense",
         detector="one_stage",
     ),
@@ -247,7 +229,6 @@ SWEEP_ROWS: tuple[AblationRow, ...] = (
         paper_map=PAPER_RESULTS["ss_train_ss_test"],
         paper_baseline_key="ss_rpn_test",
         description="SS-trained detector; selective search's 2000 at test (Fast R-CNN's own setting)",
-        kind="test",
         proposal_source="ss",
         detector="ss",
         proposal_cfg={"post_nms_top_n": 2000},
@@ -258,7 +239,6 @@ SWEEP_ROWS: tuple[AblationRow, ...] = (
         paper_map=math.nan,
         paper_baseline_key="ss_test_2000",
         description="SS-trained detector; selective search's first 1000 at test",
-        kind="test",
         proposal_source="ss",
         detector="ss",
         proposal_cfg={"post_nms_top_n": 1000},
@@ -269,7 +249,6 @@ SWEEP_ROWS: tuple[AblationRow, ...] = (
         paper_map=math.nan,
         paper_baseline_key="ss_test_2000",
         description="SS-trained detector; selective search's first 300 at test",
-        kind="test",
         proposal_source="ss",
         detector="ss",
         proposal_cfg={"post_nms_top_n": 300},
@@ -280,7 +259,6 @@ SWEEP_ROWS: tuple[AblationRow, ...] = (
         paper_map=math.nan,
         paper_baseline_key="ss_rpn_test",
         description="SS-trained detector; the unshared RPN's top 2000 at test",
-        kind="test",
         proposal_source="rpn_unshared",
         detector="ss",
         proposal_cfg={"post_nms_top_n": 2000},
@@ -291,7 +269,6 @@ SWEEP_ROWS: tuple[AblationRow, ...] = (
         paper_map=PAPER_RESULTS["ss_rpn_test_1000"],
         paper_baseline_key="ss_rpn_test",
         description="SS-trained detector; the unshared RPN's top 1000 at test",
-        kind="test",
         proposal_source="rpn_unshared",
         detector="ss",
         proposal_cfg={"post_nms_top_n": 1000},
@@ -303,7 +280,6 @@ SWEEP_ROWS: tuple[AblationRow, ...] = (
         paper_baseline_key="ss_rpn_test",
         description="SS-trained detector; 300 boxes drawn at random from the RPN's boxes "
         "(no cls: no ranking, no NMS)",
-        kind="test",
         proposal_source="rpn_unshared",
         detector="ss",
         proposal_cfg={"pre_nms_top_n": -1, "post_nms_top_n": 300, "use_nms": False, "ranking": "random"},
@@ -314,7 +290,6 @@ SWEEP_ROWS: tuple[AblationRow, ...] = (
         paper_map=PAPER_RESULTS["no_reg_1000"],
         paper_baseline_key="ss_rpn_test",
         description="SS-trained detector; the anchors themselves as proposals (no reg), top 1000 by score",
-        kind="test",
         proposal_source="rpn_unshared",
         detector="ss",
         proposal_cfg={"use_regression": False, "post_nms_top_n": 1000},

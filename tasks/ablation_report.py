@@ -38,17 +38,13 @@ from tasks.plots import save_figure
 from tasks.report_sections import headline_table, recall_table_at, sections_markdown
 
 COLUMNS = ("row", "what changes", "paper mAP", "paper change", "our mAP (%)", "our change", "signs agree")
-UNITS = ("auto", "fraction", "percent")
+UNITS = ("fraction", "percent")
 REPORT_FILES = {"markdown": "ablations.md", "csv": "ablations.csv", "png": "ablations.png"}
 
 
-def to_percent(ours: Mapping[str, float], unit: str = "auto") -> dict[str, float]:
-    """Our mAPs in percent. ``unit``: "fraction" (0..1), "percent", or "auto".
-
-    "auto" reads the values as fractions when every finite one is <= 1, else as percent.
-    It guesses wrong for a model whose every mAP is below 1 %, which a short CPU run can
-    give: pipelines should say which unit they pass.
-    """
+def to_percent(ours: Mapping[str, float], unit: str) -> dict[str, float]:
+    """Our mAPs in percent. ``unit``: "fraction" (0..1) or "percent" (no guessing: a model
+    whose every mAP is below 1 % would look like fractions)."""
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
     values: dict[str, float] = {}
@@ -57,9 +53,6 @@ def to_percent(ours: Mapping[str, float], unit: str = "auto") -> dict[str, float
         if not math.isnan(number) and not 0.0 <= number <= 100.0:
             raise ValueError(f"mAP of row {key!r} is {number}, outside 0..100")
         values[key] = number
-    finite = [v for v in values.values() if not math.isnan(v)]
-    if unit == "auto":
-        unit = "fraction" if all(v <= 1.0 for v in finite) else "percent"
     if unit == "fraction":
         above = {k: v for k, v in values.items() if v > 1.0}
         if above:
@@ -83,7 +76,7 @@ def signs_agree(paper_change: float, our_change: float) -> bool | None:
 def build_ablation_table(
     ours: Mapping[str, float],
     rows: Sequence[AblationRow] = ABLATION_ROWS,
-    unit: str = "auto",
+    unit: str = "fraction",
 ) -> pd.DataFrame:
     """One line per row of ``rows`` (index: the row key), columns ``COLUMNS``.
 
@@ -227,7 +220,6 @@ def log_report(run: Any, table: pd.DataFrame, paths: Mapping[str, Path]) -> None
 
 # ----------------------------------------------------------------------------- the stage
 STAGE = "ablation_report"
-PARAMS: tuple[str, ...] = ()  # reads only the rows' metrics files
 
 
 def read_row_results(rows: Sequence[AblationRow] = ALL_ROWS) -> dict[str, float]:

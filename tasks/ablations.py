@@ -25,7 +25,6 @@ of proposals per test image. ``tasks.ablation_report`` gathers them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,36 +42,11 @@ from tasks.atomic import write_json
 from tasks.data import load_split, read_manifest
 from tasks.evaluate import evaluate_detector
 from tasks.params import get, with_settings
-from tasks.proposals import SS_PARAMS, SS_STAGE, load_cache
+from tasks.proposals import SS_STAGE, load_cache
+from tasks.stages import DETECTOR_CHECKPOINTS, RPN_CHECKPOINTS, row_stage
 from tasks.weights import device, load_model
 
-PARAMS = ("data.input", "model.test_proposals", "model.test", "evaluate.metric", *SS_PARAMS)
 RANDOM_SEED = 0
-
-#: detector -> the checkpoint it is read from.
-DETECTOR_CHECKPOINTS: Mapping[str, Path] = {
-    "shared": layout.checkpoint("final"),
-    "unshared": layout.checkpoint("step2_fast_rcnn"),
-    "ss": layout.checkpoint("ss_fast_rcnn"),
-    "one_stage": layout.checkpoint("one_stage"),
-}
-#: RPN proposal source -> the checkpoint whose RPN makes the test proposals.
-RPN_CHECKPOINTS: Mapping[str, Path] = {
-    "rpn": layout.checkpoint("final"),
-    "rpn_unshared": layout.checkpoint("step1_rpn"),
-    "rpn_strong": layout.checkpoint("strong_rpn"),
-}
-
-
-def row_inputs(row: AblationRow) -> list[Path]:
-    """The files a row reads besides the data (its dvc.yaml deps; a test keeps them in step)."""
-    inputs = [DETECTOR_CHECKPOINTS[row.detector]]
-    if row.proposal_source in RPN_CHECKPOINTS:
-        inputs.append(RPN_CHECKPOINTS[row.proposal_source])
-    elif row.proposal_source == "ss":
-        inputs.append(layout.proposals(SS_STAGE, "test"))
-    return sorted(set(inputs), key=inputs.index)
-
 
 def row_proposals(
     row: AblationRow, dataset: DetectionDataset, params: Mapping[str, Any], detector: FasterRCNN | None = None
@@ -128,7 +102,7 @@ def ablation_row_task(key: str, params: dict[str, Any]) -> dict[str, Any]:
     """Prefect task: one ablation row, logged as its own MLflow run (tag ``ablation_row``)."""
     from tasks.tracking import stage_run
 
-    with stage_run(layout.row_stage(key), get(params, "tracking.experiment"), params) as run:
+    with stage_run(row_stage(key), get(params, "tracking.experiment"), params) as run:
         run.set_tags({"ablation_row": key})
         metrics = evaluate_row(key, params)
         run.log_metrics(metrics)

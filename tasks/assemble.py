@@ -19,8 +19,6 @@ from tasks import layout
 from tasks.atomic import write_json
 from tasks.params import get, with_settings
 
-PARAMS = ("data.input", "model.test_proposals", "model.test")
-
 
 def assemble(params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     model = assemble_model(layout.checkpoint("step3_rpn"), layout.checkpoint("step4_fast_rcnn"))

@@ -37,13 +37,6 @@ def write_json(target: Path | str, obj: Any) -> Path:
     return write_text(target, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
-def copy_file(source: Path | str, target: Path | str) -> Path:
-    """Copy ``source`` to ``target`` atomically."""
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
-    return Path(target)
-
-
 def publish_directory(target: Path | str, fill: Callable[[Path], None]) -> Path:
     """Build a directory with ``fill(staging_dir)`` and rename it to ``target``.
 

@@ -34,16 +34,7 @@ from tasks import layout
 from tasks.atomic import publish_directory, write_json
 from tasks.params import ParamsError, dataclass_from, get, input_size
 
-PARAMS = (
-    "data.name",
-    "data.layout",
-    "data.source",
-    "data.train_split",
-    "data.test_split",
-    "data.classes",
-    "data.synthetic",
-    "data.input",
-)
+
 ROLES = ("train", "test")
 MANIFEST_VERSION = 1
 

@@ -31,13 +31,6 @@ from tasks.data import load_split, read_manifest
 from tasks.params import get
 from tasks.weights import device, load_model
 
-PARAMS = (
-    "data.input",
-    "model.test_proposals",
-    "model.test",
-    "evaluate.metric",
-)
-
 
 def score_detections(
     dataset: DetectionDataset, detections: Mapping[str, Detections], metric: str

@@ -1,6 +1,6 @@
 """Where every stage reads and writes: the one place that names the pipeline's files.
 
-dvc.yaml lists the same paths (tests/test_pipeline_config.py checks they agree).
+The stages that write them are declared in ``tasks.stages`` (dvc.yaml follows from it).
 Paths are relative to the workspace: the repository root, the folder DVC runs every
 stage in (and the whole-pipeline flow changes into). ``workspace()`` is therefore the
 current directory, not the folder this code was imported from: a flow imported from
@@ -14,48 +14,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from model.ablations import ALL_ROWS
-
-#: The alternating-training stages in pipeline order (dvc.yaml's order).
-ALTERNATING_STAGES: tuple[str, ...] = (
-    "prepare_data",
-    "init_weights",
-    "step1_rpn",
-    "step1_proposals",
-    "step2_fast_rcnn",
-    "step3_rpn",
-    "step3_proposals",
-    "step4_fast_rcnn",
-    "assemble",
-    "evaluate",
-)
-
-#: The models only the ablations need (``tasks.ablations``): selective-search proposals and
-#: the detector trained on them, an RPN on a stronger backbone, the one-stage detector.
-ABLATION_MODEL_STAGES: tuple[str, ...] = ("ss_proposals", "ss_fast_rcnn", "strong_rpn", "one_stage")
-#: The foreach stage evaluating one ablation row each (``ablation@<row key>`` under DVC).
-ABLATION_ROW_STAGE = "ablation"
-#: After every row: recall against IoU of SS and RPN proposals, then the report.
-REPORT_STAGES: tuple[str, ...] = ("proposal_recall", "ablation_report")
-
-
-def row_stage(key: str) -> str:
-    """DVC's name of the foreach stage that evaluates ablation row ``key``."""
-    return f"{ABLATION_ROW_STAGE}@{key}"
-
-
-def row_key(stage: str) -> str | None:
-    """The ablation row a stage evaluates (``ablation@<key>`` -> ``key``); None for other stages."""
-    prefix = f"{ABLATION_ROW_STAGE}@"
-    return stage[len(prefix):] if stage.startswith(prefix) else None
-
-
-ROW_KEYS: tuple[str, ...] = tuple(row.key for row in ALL_ROWS)
-#: Every stage DVC knows, in dvc.yaml's order (the foreach stage expanded).
-STAGES: tuple[str, ...] = (
-    ALTERNATING_STAGES + ABLATION_MODEL_STAGES + tuple(row_stage(k) for k in ROW_KEYS) + REPORT_STAGES
-)
 
 PREPARED = Path("data/prepared")
 MANIFEST = PREPARED / "manifest.json"

@@ -28,20 +28,6 @@ from tasks.train import loss_summary
 from tasks.weights import device, initial_config, seeded
 
 STAGE = "one_stage"
-PARAMS = (
-    "data.input",
-    "model.backbone",
-    "model.pretrained",
-    "model.backbone_options",
-    "model.anchors",
-    "model.rpn.mid_channels",
-    "model.rpn.allowed_border",
-    "model.roi",
-    "model.test",
-    "evaluate.metric",
-    "train.one_stage",
-    "pipeline.init_seed",
-)
 def schedule(params: Mapping[str, Any]) -> TrainSchedule:
     """``train.one_stage`` as a ``TrainSchedule`` (the detector steps' keys); unknown keys are refused."""
     return dataclass_from(TrainSchedule, dict(get(params, "train.one_stage")), "train.one_stage")

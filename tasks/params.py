@@ -127,12 +127,6 @@ def with_settings(cfg: DetectorConfig, params: Mapping[str, Any]) -> DetectorCon
     return DetectorConfig.from_dict(data)
 
 
-def schedule_kwargs(params: Mapping[str, Any], step: str) -> dict[str, Any]:
-    """The ``TrainSchedule`` keyword arguments of ``train.<step>``, lists made tuples."""
-    values = dict(get(params, f"train.{step}"))
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-
-
 def dataclass_from(cls: type, values: Mapping[str, Any], where: str) -> Any:
     """Build dataclass ``cls`` from ``values``, refusing unknown keys (typos) by name."""
     known = {f.name for f in dataclasses.fields(cls)}

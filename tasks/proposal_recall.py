@@ -34,11 +34,10 @@ from tasks import layout, plots
 from tasks.atomic import write_json, write_text
 from tasks.data import load_split, read_manifest
 from tasks.params import get
-from tasks.proposals import SS_PARAMS, SS_STAGE, load_cache, measure_recall
+from tasks.proposals import SS_STAGE, load_cache, measure_recall
 from tasks.weights import load_model
 
 STAGE = "proposal_recall"
-PARAMS = ("data.input", "model.cache_proposals", "evaluate.recall_top_ns", "evaluate.recall_ious", *SS_PARAMS)
 CSV = layout.report("recall_vs_iou.csv")
 #: method -> (label, the checkpoint whose RPN proposes; None for selective search).
 METHODS: dict[str, tuple[str, Path | None]] = {

@@ -19,6 +19,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from model.alternating import PROPOSAL_CACHES, SS_PROPOSALS
 from model.evaluation import proposal_recall
 from model.evaluation.recall import DEFAULT_IOU_THRESHOLDS
 from model.inference import propose_dataset
@@ -35,17 +36,10 @@ from tasks.data import load_split, read_manifest
 from tasks.params import get, input_size
 from tasks.weights import load_model
 
-PARAMS = (
-    "data.input",
-    "model.cache_proposals",
-    "evaluate.recall_top_ns",
-    "evaluate.recall_ious",
-)
 #: proposal stage -> the RPN stage whose checkpoint makes the proposals.
-RPN_OF = {"step1_proposals": "step1_rpn", "step3_proposals": "step3_rpn"}
+RPN_OF = PROPOSAL_CACHES
 #: The selective-search cache of the ablations (``tasks.ss_proposals``).
-SS_STAGE = "ss_proposals"
-SS_PARAMS = ("ablations.selective_search",)
+SS_STAGE = SS_PROPOSALS
 
 
 def expected_fingerprint(rpn_stage: str, params: Mapping[str, Any], image_ids: list[str]) -> dict[str, Any]:

@@ -24,9 +24,8 @@ from tasks import layout
 from tasks.atomic import write_json
 from tasks.data import read_manifest
 from tasks.params import get
-from tasks.proposals import SS_PARAMS, SS_STAGE, cache_splits, ss_fingerprint
+from tasks.proposals import SS_STAGE, cache_splits, ss_fingerprint
 
-PARAMS = (*SS_PARAMS, "evaluate.recall_top_ns", "evaluate.recall_ious")
 #: ``ablations.selective_search`` keys, passed to ``selective_search_dataset``.
 SETTINGS = ("mode", "max_side", "max_proposals", "min_size", "seed")
 

@@ -1,25 +1,15 @@
-"""Stages ``step1_rpn`` .. ``step4_fast_rcnn``: the four training steps of the paper (sec. 3.2).
+"""Stages ``step1_rpn`` .. ``step4_fast_rcnn``, ``ss_fast_rcnn``, ``strong_rpn``: one training run
+of the recipe in ``model.alternating`` each (what it starts from, resets, trains, on whose
+proposals).
 
-=====  ==========================  ========================================  ===================
-step   starts from                 trains                                    proposals
-=====  ==========================  ========================================  ===================
-1      init_weights                shared convs + RPN                        -
-2      init_weights (not step 1)   shared convs + detector (top, cls, bbox)  step 1's, cached
-3      step 2, RPN layers reset    RPN only (shared convs frozen)            -
-4      step 3, cls/bbox reset      detector only (shared convs frozen)       step 3's, cached
-=====  ==========================  ========================================  ===================
-
-(``tasks.weights`` explains the resets: they follow py-faster-rcnn's alt-opt scripts.)
-
-Two more stages train the ablations' extra models with the same loop: ``ss_fast_rcnn``
-(as step 2, on cached selective-search proposals) and ``strong_rpn`` (as step 1, on a
-fresh network with the stronger backbone of ``model.stronger_rpn``).
+This module moves files and logs: it loads the step's start, applies its reset, trains
+with the loop of ``model.training``, and writes the checkpoint, metrics and plots.
 
 Every step keeps its in-progress checkpoint under ``outputs/.resume`` (see
 ``tasks.resume``): a killed run resumes from its last saved iteration when run again.
 The step's output checkpoint is written only once training has finished. The
 detector steps also score themselves on the test split with their cached proposals
-(top ``test_proposals.post_nms_top_n``).
+(top ``test_proposals.post_nms_top_n``; the SS detector on all of its cache).
 """
 from __future__ import annotations
 
@@ -31,6 +21,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from model.alternating import FRESH_STRONGER, INITIAL, SS_FAST_RCNN, TrainingStep, training_step
 from model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from model.faster_rcnn import FasterRCNN
 from model.training import TrainSchedule, train_detector, train_rpn
@@ -39,71 +30,16 @@ from tasks.atomic import write_json
 from tasks.data import load_split, read_classes, read_manifest
 from tasks.evaluate import evaluate_detector
 from tasks.params import dataclass_from, get
-from tasks.proposals import SS_PARAMS, SS_STAGE, load_cache
+from tasks.proposals import load_cache
 from tasks.resume import ResumeFiles, resume_files
-from tasks.weights import (
-    PREDICTOR_PREFIXES,
-    STRONGER_RPN_PARAMS,
-    build_stronger_rpn,
-    device,
-    load_model,
-    reset_layers,
-)
+from tasks.weights import build_stronger_rpn, device, load_model, reset_layers
 
-_COMMON = ("data.input",)
-RPN_PARAMS = {
-    stage: (*_COMMON, "model.rpn", f"train.{stage}") for stage in ("step1_rpn", "step3_rpn")
-}
-DETECTOR_PARAMS = {
-    stage: (
-        *_COMMON,
-        "model.roi",
-        "model.test",
-        "model.test_proposals.post_nms_top_n",
-        "model.cache_proposals",
-        "evaluate.metric",
-        f"train.{stage}",
-    )
-    for stage in ("step2_fast_rcnn", "step4_fast_rcnn")
-}
-# The ablations' two extra models train exactly as steps 1 and 2 (same schedules), so
-# their rows differ from the paper's baseline rows only in what the issue varies.
-RPN_PARAMS["strong_rpn"] = (*_COMMON, "model.rpn", "train.step1_rpn", *STRONGER_RPN_PARAMS)
-DETECTOR_PARAMS["ss_fast_rcnn"] = (
-    *_COMMON, "model.roi", "model.test", *SS_PARAMS, "evaluate.metric", "train.step2_fast_rcnn",
-)
-
-#: What each step starts from, which layers it resets to init_weights, what it trains,
-#: on which proposals, with which ``train.<schedule>``. ``start`` None: a fresh network on
-#: the stronger backbone (``tasks.weights.build_stronger_rpn``). ``test_top_n``: how many
-#: cached test proposals the detector scores itself on ("params": the profile's
-#: ``test_proposals.post_nms_top_n``; None: all, the SS detector's 2000).
-STEPS: dict[str, dict[str, Any]] = {
-    "step1_rpn": {"step": 1, "start": "init_weights", "reset": None, "train": ("shared", "rpn"),
-                  "schedule": "step1_rpn"},
-    "step2_fast_rcnn": {"step": 2, "start": "init_weights", "reset": None, "train": ("shared", "detector"),
-                        "proposals": "step1_proposals", "schedule": "step2_fast_rcnn", "test_top_n": "params"},
-    "step3_rpn": {"step": 3, "start": "step2_fast_rcnn", "reset": ("rpn", None), "train": ("rpn",),
-                  "schedule": "step3_rpn"},
-    "step4_fast_rcnn": {"step": 4, "start": "step3_rpn", "reset": ("detector", PREDICTOR_PREFIXES),
-                        "train": ("detector",), "proposals": "step3_proposals", "schedule": "step4_fast_rcnn",
-                        "test_top_n": "params"},
-    # Ablations: Fast R-CNN on selective search (as step 2), an RPN on a stronger backbone (as step 1).
-    "ss_fast_rcnn": {"step": None, "start": "init_weights", "reset": None, "train": ("shared", "detector"),
-                     "proposals": SS_STAGE, "schedule": "step2_fast_rcnn", "test_top_n": None},
-    "strong_rpn": {"step": None, "start": None, "reset": None, "train": ("shared", "rpn"),
-                   "schedule": "step1_rpn"},
-}
-
-
-def _start_model(stage: str, params: Mapping[str, Any]) -> FasterRCNN:
-    spec = STEPS[stage]
-    if spec["start"] is None:
+def _start_model(step: TrainingStep, params: Mapping[str, Any]) -> FasterRCNN:
+    if step.start == FRESH_STRONGER:
         return build_stronger_rpn(params, read_classes()).to(device())
-    model = load_model(layout.checkpoint(spec["start"]), params)
-    if spec["reset"] is not None:
-        group, prefixes = spec["reset"]
-        reset_layers(model, layout.checkpoint("init_weights"), group, prefixes)
+    model = load_model(layout.checkpoint(step.start), params)
+    if step.reset is not None:
+        reset_layers(model, step.reset, layout.checkpoint(INITIAL))
     return model
 
 
@@ -122,13 +58,13 @@ def _saved_progress(files: ResumeFiles) -> tuple[int, list[dict[str, float]]]:
         return 0, []
 
 
-def _inputs(stage: str) -> list[Path]:
-    spec = STEPS[stage]
+def _inputs(step: TrainingStep) -> list[Path]:
+    """Files whose content an in-progress checkpoint of ``step`` is only valid for."""
     inputs = [layout.MANIFEST]
-    if spec["start"] is not None:
-        inputs += [layout.checkpoint(spec["start"]), layout.checkpoint("init_weights")]
-    if "proposals" in spec:
-        inputs += [layout.proposals(spec["proposals"], "train"), layout.proposals(spec["proposals"], "test")]
+    if step.start != FRESH_STRONGER:
+        inputs += [layout.checkpoint(step.start), layout.checkpoint(INITIAL)]
+    if step.proposals is not None:
+        inputs += [layout.proposals(step.proposals, "train"), layout.proposals(step.proposals, "test")]
     return inputs
 
 
@@ -144,16 +80,16 @@ def run_step(stage: str, params: Mapping[str, Any], progress: bool = True) -> di
     """Train one step (resuming if a matching in-progress checkpoint exists); returns its metrics."""
     from tasks.tracking import stage_run
 
-    spec = STEPS[stage]
-    kind = "rpn" if stage.endswith("_rpn") else "detector"
-    schedule_key = f"train.{spec['schedule']}"
+    step = training_step(stage)
+    kind = step.kind
+    schedule_key = f"train.{step.schedule}"
     schedule = dataclass_from(TrainSchedule, dict(get(params, schedule_key)), schedule_key)
-    files = resume_files(stage, params, _inputs(stage))
+    files = resume_files(stage, params, _inputs(step))
     resumed_from, saved_history = _saved_progress(files)
     manifest = read_manifest()
     train_set = load_split("train", manifest)
 
-    with stage_run(stage, get(params, "tracking.experiment"), params, step=spec["step"],
+    with stage_run(stage, get(params, "tracking.experiment"), params, step=step.paper_step,
                    resume_run_id=files.mlflow_run_id() if resumed_from else None) as run:
         files.remember_run(run.run_id)
         if resumed_from:
@@ -161,17 +97,17 @@ def run_step(stage: str, params: Mapping[str, Any], progress: bool = True) -> di
             # Losses of the killed run that never reached MLflow (sent in batches) come
             # from the checkpoint's own history.
             run.backfill_losses(saved_history[:resumed_from])
-        model = _start_model(stage, params)
+        model = _start_model(step, params)
         started = time.monotonic()
         extra = {"stage": stage}
         if kind == "rpn":
-            history = train_rpn(model, train_set, schedule, files.checkpoint, trainable_groups=spec["train"],
+            history = train_rpn(model, train_set, schedule, files.checkpoint, trainable_groups=step.trains,
                                 resume=True, progress=progress, on_log=run.log_loss, extra=extra)
         else:
             ids = [r.image_id for r in train_set.records]
-            cache = load_cache(spec["proposals"], "train", params, ids)
+            cache = load_cache(step.proposals, "train", params, ids)
             history = train_detector(model, train_set, cache.boxes(), schedule, files.checkpoint,
-                                     trainable_groups=spec["train"], resume=True, progress=progress,
+                                     trainable_groups=step.trains, resume=True, progress=progress,
                                      on_log=run.log_loss, extra=extra)
         run.flush()
         metrics: dict[str, Any] = {
@@ -183,13 +119,14 @@ def run_step(stage: str, params: Mapping[str, Any], progress: bool = True) -> di
 
         if kind == "detector":
             test_set = load_split("test", manifest)
-            top_n = int(get(params, "model.test_proposals.post_nms_top_n")) if spec["test_top_n"] else None
-            test_cache = load_cache(spec["proposals"], "test", params, [r.image_id for r in test_set.records])
+            # The SS detector scores itself on its whole cache (2000 per image, as trained).
+            top_n = None if step is SS_FAST_RCNN else int(get(params, "model.test_proposals.post_nms_top_n"))
+            test_cache = load_cache(step.proposals, "test", params, [r.image_id for r in test_set.records])
             scores, voc, _ = evaluate_detector(model, test_set, str(get(params, "evaluate.metric")),
                                                proposals=test_cache.boxes(top_n=top_n), progress=progress)
             metrics.update(scores)
             plots.pr_curves(voc.curves, layout.plot(stage, "pr"),
-                            f"{stage} on the test split ({spec['proposals']} cache), mAP {voc.mAP:.3f}")
+                            f"{stage} on the test split ({step.proposals} cache), mAP {voc.mAP:.3f}")
 
         save_checkpoint(layout.checkpoint(stage), model, extra={"stage": stage, "iterations": schedule.iterations})
         write_json(layout.metrics(stage), metrics)

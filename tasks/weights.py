@@ -4,17 +4,8 @@
 shared convs and the detector's top layers) and seeded N(0, 0.01) / N(0, 0.001)
 initialisations for the RPN and the classifier / box regressor. Steps 1 and 2 both
 start from this file (the paper's step 2 starts from ImageNet, not from step 1), and
-the layers that the original initialises afresh later come from it too:
-
-- step 3 takes step 2's network (shared convs trained in step 2, then frozen) with
-  the RPN layers reset to their initial values: py-faster-rcnn's stage-2 RPN is
-  initialised from the stage-1 Fast R-CNN model, which has no RPN layers, so they
-  start from their fillers.
-- step 4 takes step 3's network (shared convs and, through step 3, step 2's detector
-  top, i.e. fc6/fc7) with the classifier and box regressor reset to their initial
-  values: py-faster-rcnn's stage-2 RPN net carries fc6/fc7 as frozen "dummy layers so
-  that initial parameters are saved into the output net", but not cls_score /
-  bbox_pred, which the stage-2 Fast R-CNN therefore initialises from its fillers.
+the layers that steps 3 and 4 reset come from it too (``model.alternating`` says which
+and why).
 
 A stage loads a checkpoint with ``load_model``: the architecture comes from the file,
 the non-architecture settings (RPN labelling, proposal counts, RoI sampling, input
@@ -39,6 +30,7 @@ from model.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from model.alternating import Reset, reset_state
 from model.config import AnchorConfig, DetectorConfig, RPNConfig
 from model.devices import resolve_device
 from model.faster_rcnn import FasterRCNN
@@ -47,17 +39,6 @@ from tasks.data import read_classes
 from tasks.params import dataclass_from, get, with_settings
 
 T = TypeVar("T")
-
-PARAMS = (
-    "model.backbone",
-    "model.pretrained",
-    "model.backbone_options",
-    "model.anchors",
-    "model.rpn.mid_channels",
-    "pipeline.init_seed",
-)
-# Detector-group keys that the original initialises afresh in step 4 (see the module docstring).
-PREDICTOR_PREFIXES = ("cls_score.", "bbox_pred.")
 
 
 def device() -> torch.device:
@@ -100,10 +81,6 @@ def build_initial(params: Mapping[str, Any], class_names: Sequence[str]) -> Fast
     return seeded(params, lambda: FasterRCNN(cfg, options))
 
 
-#: What the "stronger RPN" ablation's fresh network reads besides the RPN step's params.
-STRONGER_RPN_PARAMS = ("model.pretrained", "model.anchors", "model.stronger_rpn", "pipeline.init_seed")
-
-
 def build_stronger_rpn(params: Mapping[str, Any], class_names: Sequence[str]) -> FasterRCNN:
     """A fresh network on ``model.stronger_rpn.backbone`` (ImageNet weights as
     ``model.pretrained`` says), with the stage's RPN settings and input size: the start of
@@ -123,24 +100,14 @@ def load_model(path: Path | str, params: Mapping[str, Any], on: torch.device | s
     return model.to(on if on is not None else device())
 
 
-def reset_layers(model: FasterRCNN, source: Path | str, group: str, prefixes: Sequence[str] | None = None) -> list[str]:
-    """Put ``group``'s weights (only keys under ``prefixes`` when given) back to those in ``source``.
-
-    Returns the keys replaced. The checkpoint must be of the same architecture.
-    """
-    content = read_checkpoint(source)
-    state = content["groups"][group]
-    if prefixes is None:
-        load_group_state(model, group, state, source)
-        return sorted(state)
-    module = model.group_modules()[group]
-    own = module.state_dict()
-    chosen = {k: v for k, v in state.items() if k.startswith(tuple(prefixes))}
-    if not chosen:
-        raise KeyError(f"{source}: group {group!r} has no keys under {list(prefixes)}")
-    merged = {**own, **{k: v.to(own[k].device) for k, v in chosen.items()}}
-    load_group_state(model, group, merged, source)
-    return sorted(chosen)
+def reset_layers(model: FasterRCNN, reset: Reset, source: Path | str) -> list[str]:
+    """Apply ``reset`` with the initial weights read from checkpoint ``source``; returns the
+    keys replaced. The checkpoint must be of the same architecture."""
+    initial = read_checkpoint(source)["groups"][reset.group]
+    current = model.group_modules()[reset.group].state_dict()
+    state = reset_state(reset, current, initial)
+    load_group_state(model, reset.group, state, source)
+    return sorted(initial) if reset.prefixes is None else sorted(k for k in initial if k.startswith(reset.prefixes))
 
 
 def initialise(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -97,9 +97,9 @@ def test_overrides_do_not_touch_base_and_are_read_only():
 
 def test_bad_rows_are_refused():
     with pytest.raises(ValueError, match="unknown ProposalConfig field"):
-        AblationRow("x", "x", 1.0, None, "", "test", "rpn", "ss", proposal_cfg={"post_nms": 100})
-    with pytest.raises(ValueError, match="kind"):
-        AblationRow("x", "x", 1.0, None, "", "eval", "rpn", "ss")
+        AblationRow("x", "x", 1.0, None, "", "rpn", "ss", proposal_cfg={"post_nms": 100})
+    with pytest.raises(ValueError, match="proposal_source"):
+        AblationRow("x", "x", 1.0, None, "", "rpn_typo", "ss")
     with pytest.raises(KeyError, match="unknown ablation row"):
         ablation_row("nope")
 
@@ -175,15 +175,17 @@ def test_change_needs_our_baseline():
 
 
 def test_units():
-    assert to_percent({"a": 0.5}) == {"a": 50.0}
-    assert to_percent({"a": 50.0}) == {"a": 50.0}
+    assert to_percent({"a": 0.5}, unit="fraction") == {"a": 50.0}
+    assert to_percent({"a": 50.0}, unit="percent") == {"a": 50.0}
     assert to_percent({"a": 0.5}, unit="percent") == {"a": 0.5}  # a very weak model
     with pytest.raises(ValueError, match="above 1"):
         to_percent({"a": 0.5, "b": 2.0}, unit="fraction")
     with pytest.raises(ValueError, match="outside 0..100"):
-        to_percent({"a": 120.0})
+        to_percent({"a": 120.0}, unit="percent")
     with pytest.raises(ValueError, match="unknown ablation rows"):
         build_ablation_table({"sharde": 0.5})
+    with pytest.raises(ValueError, match="unit must be one of"):
+        to_percent({"a": 0.5}, unit="auto")  # no guessing
 
 
 # ---------------------------------------------------------------- files

@@ -19,7 +19,7 @@ from model.ablations import (
 from model.config import ProposalConfig
 from tasks import layout
 from tasks.ablation_report import build_report, read_row_results
-from tasks.ablations import row_inputs
+from tasks.stages import row_inputs
 
 
 def test_sweep_covers_2000_1000_300_for_rpn_and_ss():

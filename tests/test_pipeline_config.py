@@ -1,6 +1,7 @@
-"""The pipeline's declarations agree with each other: conf/ -> params.yaml -> dvc.yaml -> flows.
+"""The profiles compose into valid params for every stage, and the stage wiring follows the paper.
 
-Fast (no training): composes the Hydra profiles the way DVC does and reads dvc.yaml.
+Fast (no training): composes the Hydra profiles the way DVC does and reads dvc.yaml. That
+dvc.yaml is what the stage registry gives is tests/test_stage_registry.py's.
 """
 from __future__ import annotations
 
@@ -14,12 +15,10 @@ from dvc.utils.hydra import compose_and_dump
 
 from flows.stage import STAGE_PARAMS, TRACKING_PARAMS
 from model.config import DetectorConfig
-from model.training import TrainSchedule
 from tasks import layout
-from tasks.ablations import row_inputs
-from tasks.one_stage import schedule as one_stage_schedule
-from tasks.params import dataclass_from, select
-from tasks.ss_proposals import ss_settings
+from tasks.params import select
+from tasks.settings import check_settings
+from tasks.stages import row_inputs, row_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,13 +71,53 @@ def test_every_profile_gives_every_stage_its_params(tmp_path: Path, data: str, m
     for stage, keys in STAGE_PARAMS.items():
         select(params, keys)  # raises if a declared key is missing
     select(params, TRACKING_PARAMS)
-    # The model section is a valid DetectorConfig (minus pipeline-only keys) and the schedules build.
+    # Every section passes the checks a stage runs at its start (types, ranges, unknown keys;
+    # the dataset folders of bccd / voc07 need not exist here).
+    check_settings(params, check_paths=False)
+    # The model section is a DetectorConfig (minus the backbone options and the ablation's backbone).
     model_section = {k: v for k, v in params["model"].items() if k not in ("backbone_options", "stronger_rpn")}
     DetectorConfig.from_dict({**model_section, "class_names": ["a"], **params["data"]["input"]})
-    for step in ("step1_rpn", "step2_fast_rcnn", "step3_rpn", "step4_fast_rcnn"):
-        dataclass_from(TrainSchedule, params["train"][step], f"train.{step}")
-    assert one_stage_schedule(select(params, ["train.one_stage"])).iterations > 0
-    ss_settings(select(params, ["ablations.selective_search"]))
+
+
+def _written_keys(profile: Path) -> set[str]:
+    """Dotted leaf keys a profile file writes (relative to the root: `@package _global_` files)."""
+    text = profile.read_text()
+    data = yaml.safe_load(text) or {}
+    prefix = "" if "@package _global_" in text else profile.parent.name + "."
+
+    def leaves(node: dict, at: str) -> set[str]:
+        out: set[str] = set()
+        for key, value in node.items():
+            if key == "defaults":
+                continue
+            name = f"{at}{key}"
+            out |= leaves(value, name + ".") if isinstance(value, dict) and value else {name}
+        return out
+
+    return leaves(data, prefix)
+
+
+def test_profile_precedence_is_explicit() -> None:
+    """conf/config.yaml composes model, then data, then train. Data and train profiles may
+    set model keys (anchor scales for a dataset's object sizes, RoI counts for a schedule),
+    which win over the model profile; no data profile and train profile write the same key,
+    so their order does not matter; and none writes another group's own section."""
+    config = yaml.safe_load((ROOT / "conf" / "config.yaml").read_text())
+    assert [next(iter(d)) for d in config["defaults"] if isinstance(d, dict)] == ["model", "data", "train"]
+    data = {p.stem: _written_keys(p) for p in (ROOT / "conf" / "data").glob("*.yaml")}
+    train = {p.stem: _written_keys(p) for p in (ROOT / "conf" / "train").glob("*.yaml")}
+    for name, keys in data.items():
+        assert all(k.startswith(("data.", "model.")) for k in keys), name
+    for name, keys in train.items():
+        assert all(k.startswith(("train.", "model.")) for k in keys), name
+    for (d, dkeys), (t, tkeys) in itertools.product(data.items(), train.items()):
+        assert not dkeys & tkeys, f"data={d} and train={t} both write {sorted(dkeys & tkeys)}"
+
+
+def test_a_data_profile_overrides_the_model_profile(tmp_path: Path) -> None:
+    params = _compose(tmp_path, "data=tiny", "model=vgg16", "train=tiny")
+    assert params["model"]["anchors"]["scales"] == [2.0, 4.0, 8.0]  # data=tiny's, not vgg16's
+    assert params["model"]["roi"]["batch_size_per_image"] == 16  # train=tiny's
 
 
 def test_paper_schedule_matches_the_paper(tmp_path: Path) -> None:
@@ -103,43 +142,6 @@ def test_bccd_defaults_to_the_shared_folder_beside_the_checkout(tmp_path: Path) 
     assert params["data"]["classes"] == ["RBC", "WBC", "Platelets"]
 
 
-def test_dvc_yaml_stages_in_order_with_declared_params() -> None:
-    stages = _expanded_stages()
-    assert tuple(stages) == layout.STAGES
-    for name, stage in stages.items():
-        assert stage["cmd"] == f"sh flows/stage.sh {name}"
-        assert tuple(stage.get("params", ())) == STAGE_PARAMS[name], name
-        # Where runs are logged is not an input of any output.
-        assert not any(p.startswith("tracking") for p in stage.get("params", ()))
-
-
-def test_dvc_yaml_outputs_metrics_and_plots_follow_the_layout() -> None:
-    stages = _expanded_stages()
-    for name, stage in stages.items():
-        [metrics] = stage["metrics"]
-        expected = layout.row_metrics(name.split("@")[1]) if "@" in name else layout.metrics(name)
-        assert metrics == {str(expected): {"cache": False}}
-        for plot in stage.get("plots", []):
-            [(path, opts)] = plot.items()
-            folder = "reports/" if name == "ablation_report" else f"plots/{name}/"
-            assert path.startswith(folder) and path.endswith(".png") and opts == {"cache": False}
-    model_stages = ["init_weights", "step1_rpn", "step2_fast_rcnn", "step3_rpn", "step4_fast_rcnn"]
-    for name in model_stages:
-        assert str(layout.checkpoint(name)) in stages[name]["outs"]
-    assert str(layout.checkpoint("final")) in stages["assemble"]["outs"]
-    for name in ("step1_proposals", "step3_proposals"):
-        assert stages[name]["outs"] == [str(layout.proposals(name, "train")), str(layout.proposals(name, "test"))]
-    assert stages["prepare_data"]["outs"] == [str(layout.PREPARED)]
-    # Loss curves for the four training steps, PR curves for the detectors, recall vs IoU for the RPNs.
-    plots = {name: [next(iter(p)) for p in stages[name].get("plots", [])] for name in stages}
-    for name in ("step1_rpn", "step3_rpn", "step2_fast_rcnn", "step4_fast_rcnn"):
-        assert f"plots/{name}/loss.png" in plots[name]
-    for name in ("step2_fast_rcnn", "step4_fast_rcnn"):
-        assert f"plots/{name}/pr.png" in plots[name]
-    for name in ("step1_proposals", "step3_proposals"):
-        assert plots[name] == [f"plots/{name}/recall_vs_iou.png"]
-
-
 def test_dvc_yaml_step_wiring_follows_the_paper() -> None:
     deps = {name: stage["deps"] for name, stage in _expanded_stages().items()}
     init = str(layout.checkpoint("init_weights"))
@@ -153,15 +155,6 @@ def test_dvc_yaml_step_wiring_follows_the_paper() -> None:
     assert {str(layout.checkpoint("step3_rpn")), str(layout.checkpoint("step4_fast_rcnn"))} <= set(deps["assemble"])
     # The unshared row: step-1 RPN with the step-2 detector.
     assert {str(layout.checkpoint("step1_rpn")), str(layout.checkpoint("step2_fast_rcnn"))} <= set(deps["evaluate"])
-
-
-def test_declared_code_dependencies_exist() -> None:
-    for name, stage in _expanded_stages().items():
-        for dep in stage["deps"]:
-            if dep.startswith(("model", "tasks", "flows")):
-                assert (ROOT / dep).exists(), f"{name}: dependency {dep} does not exist"
-        # The module that runs the stage is a dependency of it.
-        assert {"flows/stage.sh", "flows/stage.py"} <= set(stage["deps"])
 
 
 def test_rpn_only_params_are_declared_only_by_rpn_stages() -> None:
@@ -179,12 +172,12 @@ def test_ablation_rows_depend_on_what_they_read() -> None:
 
     stages = _expanded_stages()
     for row in ALL_ROWS:
-        deps = stages[layout.row_stage(row.key)]["deps"]
+        deps = stages[row_stage(row.key)]["deps"]
         assert {str(p) for p in row_inputs(row)} <= set(deps), row.key
     # Only the SS rows read the SS-trained detector; the one-stage row reads only its model.
     ss_model = str(layout.checkpoint("ss_fast_rcnn"))
     readers = {name for name, stage in stages.items() if "@" in name and ss_model in stage["deps"]}
-    assert readers == {layout.row_stage(r.key) for r in ALL_ROWS if r.detector == "ss"}
+    assert readers == {row_stage(r.key) for r in ALL_ROWS if r.detector == "ss"}
     assert str(layout.checkpoint("step2_fast_rcnn")) not in stages["ablation@one_stage"]["deps"]
     # The report reads every row's result.
     assert {str(layout.row_metrics(r.key)) for r in ALL_ROWS} <= set(stages["ablation_report"]["deps"])

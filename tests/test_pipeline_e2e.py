@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.layout import ALTERNATING_STAGES, ROW_KEYS, STAGES, row_stage
+from tasks.stages import ALTERNATING_STAGES, ROW_KEYS, STAGES, row_stage
 
 pytestmark = pytest.mark.slow
 
