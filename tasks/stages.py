@@ -13,11 +13,12 @@ a DVC ``foreach`` stage: ``ablation@<row>``.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.ablations import ALL_ROWS, AblationRow
+from model.ablations import ALL_ROWS, PAPER_TEST_COUNTS, AblationRow
 from model.alternating import (
     FOUR_STEPS,
     INITIAL,
@@ -28,6 +29,7 @@ from model.alternating import (
     TRAINING_STEPS,
     TrainingStep,
 )
+from model.config import ProposalConfig
 from tasks import layout
 
 #: The runner every stage's ``cmd`` calls; it and its imports are code deps of every stage.
@@ -117,29 +119,43 @@ def training_inputs(step: TrainingStep) -> tuple[str, ...]:
     if step.reset is not None:
         inputs.append(_ckpt(INITIAL))
     if step.proposals is not None:
-        if step.proposals in PROPOSAL_CACHES:
-            inputs.append(_ckpt(PROPOSAL_CACHES[step.proposals]))
-        inputs.extend(_caches(step.proposals))
+        inputs.extend(_cache_inputs(step.proposals, "train"))
     return (*dict.fromkeys(inputs), PREPARED)
 
 
+def _cache_inputs(cache: str, role: str) -> list[str]:
+    """A proposal cache and the RPN checkpoint its fingerprint names (none for SS)."""
+    rpn = [_ckpt(PROPOSAL_CACHES[cache])] if cache in PROPOSAL_CACHES else []
+    return [*rpn, str(layout.proposals(cache, role))]
+
+
 def training_params(step: TrainingStep) -> tuple[str, ...]:
-    """The params a training stage reads: its schedule, its half's settings, and for the
-    detectors what their self-test on the cached test proposals uses."""
+    """The params a training stage reads: its schedule and its half's settings (no
+    evaluation setting: a detector step is scored by its own stage, ``score_stage``)."""
     schedule = f"train.{step.schedule}"
     if step.kind == "rpn":
         fresh = ("model.pretrained", "model.anchors", "model.stronger_rpn", "pipeline.init_seed")
         return (*INPUT, "model.rpn", schedule, *(fresh if step is STRONG_RPN else ()))
-    if step is SS_FAST_RCNN:
-        return (*INPUT, "model.roi", "model.test", SS_SETTINGS, "evaluate.metric", schedule)
-    return (*INPUT, "model.roi", "model.test", "model.test_proposals.post_nms_top_n", "model.cache_proposals",
-            "evaluate.metric", schedule)
+    return (*INPUT, "model.roi", _cache_settings(step), schedule)
+
+
+def _cache_settings(step: TrainingStep) -> str:
+    """The settings a detector step's proposal cache is checked against (its fingerprint)."""
+    return SS_SETTINGS if step.proposals == SS_PROPOSALS else "model.cache_proposals"
 
 
 def training_stage(step: TrainingStep, desc: str) -> Stage:
-    plots = ("loss", "pr") if step.kind == "detector" else ("loss",)
     return Stage(step.name, desc, "tasks.train:train_step_task", training_params(step), training_inputs(step),
-                 outs=(_ckpt(step.name),), plots=_plot(step.name, *plots), args=(step.name,))
+                 outs=(_ckpt(step.name),), plots=_plot(step.name, "loss"), args=(step.name,))
+
+
+def score_stage(step: TrainingStep) -> Stage:
+    """``<step>_score``: detector step ``step`` on its cached test proposals (``tasks.score``)."""
+    name = f"{step.name}_score"
+    inputs = (_ckpt(step.name), *_cache_inputs(step.proposals, "test"), PREPARED)
+    return Stage(name, f"{step.name} scored on the test split with its cached test proposals (all of them).",
+                 "tasks.score:score_step_task", (*INPUT, "model.test", _cache_settings(step), "evaluate.metric"),
+                 tuple(dict.fromkeys(inputs)), plots=_plot(name, "pr"), args=(name, step.name))
 
 
 def proposal_stage(cache: str) -> Stage:
@@ -180,10 +196,16 @@ def _row_item(row: AblationRow) -> dict[str, str]:
     return {"detector": detector, "proposals": proposals[0] if proposals else str(layout.MANIFEST)}
 
 
+#: The test proposal settings a row reads: every field but the counts that every row
+#: replaces by the paper's (``model.ablations.PAPER_TEST_COUNTS``).
+ROW_PROPOSAL_PARAMS: tuple[str, ...] = tuple(
+    f"model.test_proposals.{f.name}" for f in dataclasses.fields(ProposalConfig) if f.name not in PAPER_TEST_COUNTS
+)
+
 ABLATION_ROWS = StageGroup(
     "ablation", "Ablation row ${key}: its detector on its test proposals, VOC07 mAP.",
     "tasks.ablations:ablation_row_task",
-    (*INPUT, "model.test_proposals", "model.test", "evaluate.metric", SS_SETTINGS),
+    (*INPUT, *ROW_PROPOSAL_PARAMS, "model.test", "evaluate.metric", SS_SETTINGS),
     items={row.key: _row_item(row) for row in ALL_ROWS},
     inputs=("${item.detector}", "${item.proposals}", PREPARED),
     comment="One stage per row of model/ablations.py (the paper's Table 2 and 10 rows, then the\n"
@@ -219,12 +241,15 @@ REGISTRY: tuple[Stage | StageGroup, ...] = (
           (_ckpt("final"), _ckpt(STEP1.name), _ckpt(STEP2.name), PREPARED),
           outs=tuple(str(layout.results_dir(r)) for r in ("shared", "unshared")),
           plots=_plot("evaluate", "pr_shared", "pr_unshared")),
+    score_stage(STEP2),
+    score_stage(STEP4),
     # ---------------------------------------------------------------- ablations (tasks/ablations.py)
     Stage(SS_PROPOSALS, "Selective search (fast, ~2000 boxes) on train + test, cached with its fingerprint; recall.",
           "tasks.ss_proposals:ss_proposals_task", (SS_SETTINGS, *RECALL), (PREPARED,), outs=_caches(SS_PROPOSALS),
           plots=_plot(SS_PROPOSALS, "recall_vs_iou")),
     training_stage(SS_FAST_RCNN, "Fast R-CNN trained as step 2 (from init_weights) on selective-search proposals: "
                    "the detector of the SS-train rows."),
+    score_stage(SS_FAST_RCNN),
     training_stage(STRONG_RPN, "An RPN trained as step 1 on the stronger backbone of model.stronger_rpn (the "
                    "paper: VGG-16 vs ZF)."),
     Stage("one_stage", "The one-stage detector (Table 10): class-specific scores and boxes straight from the "

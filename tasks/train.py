@@ -7,9 +7,9 @@ with the loop of ``model.training``, and writes the checkpoint, metrics and plot
 
 Every step keeps its in-progress checkpoint under ``outputs/.resume`` (see
 ``tasks.resume``): a killed run resumes from its last saved iteration when run again.
-The step's output checkpoint is written only once training has finished. The
-detector steps also score themselves on the test split with their cached proposals
-(top ``test_proposals.post_nms_top_n``; the SS detector on all of its cache).
+The step's output checkpoint is written only once training has finished. A detector
+step is scored on the test split by its own stage (``tasks.score``), so evaluation
+settings are no input of the training.
 """
 from __future__ import annotations
 
@@ -21,14 +21,13 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from model.alternating import FRESH_STRONGER, INITIAL, SS_FAST_RCNN, TrainingStep, training_step
+from model.alternating import FRESH_STRONGER, INITIAL, TrainingStep, training_step
 from model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from model.faster_rcnn import FasterRCNN
 from model.training import TrainSchedule, train_detector, train_rpn
 from tasks import layout, plots
 from tasks.atomic import write_json
 from tasks.data import load_split, read_classes, read_manifest
-from tasks.evaluate import evaluate_detector
 from tasks.params import dataclass_from, get
 from tasks.proposals import load_cache
 from tasks.resume import ResumeFiles, resume_files
@@ -64,7 +63,7 @@ def _inputs(step: TrainingStep) -> list[Path]:
     if step.start != FRESH_STRONGER:
         inputs += [layout.checkpoint(step.start), layout.checkpoint(INITIAL)]
     if step.proposals is not None:
-        inputs += [layout.proposals(step.proposals, "train"), layout.proposals(step.proposals, "test")]
+        inputs.append(layout.proposals(step.proposals, "train"))
     return inputs
 
 
@@ -117,25 +116,12 @@ def run_step(stage: str, params: Mapping[str, Any], progress: bool = True) -> di
         }
         plots.loss_curves(history, layout.plot(stage, "loss"), f"{stage}: training losses")
 
-        if kind == "detector":
-            test_set = load_split("test", manifest)
-            # The SS detector scores itself on its whole cache (2000 per image, as trained).
-            top_n = None if step is SS_FAST_RCNN else int(get(params, "model.test_proposals.post_nms_top_n"))
-            test_cache = load_cache(step.proposals, "test", params, [r.image_id for r in test_set.records])
-            scores, voc, _ = evaluate_detector(model, test_set, str(get(params, "evaluate.metric")),
-                                               proposals=test_cache.boxes(top_n=top_n), progress=progress)
-            metrics.update(scores)
-            plots.pr_curves(voc.curves, layout.plot(stage, "pr"),
-                            f"{stage} on the test split ({step.proposals} cache), mAP {voc.mAP:.3f}")
-
         save_checkpoint(layout.checkpoint(stage), model, extra={"stage": stage, "iterations": schedule.iterations})
         write_json(layout.metrics(stage), metrics)
         # Wall time goes to MLflow only: the metrics file stays byte-identical between runs.
         run.log_metrics({**metrics, "train_seconds": round(time.monotonic() - started, 1)})
         run.log_artifact(layout.metrics(stage), "metrics")
-        for name in ("loss", "pr"):
-            if layout.plot(stage, name).exists() and (name == "loss" or kind == "detector"):
-                run.log_artifact(layout.plot(stage, name), "plots")
+        run.log_artifact(layout.plot(stage, "loss"), "plots")
     files.clear()
     return metrics
 

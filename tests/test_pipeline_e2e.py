@@ -228,7 +228,9 @@ def test_dvc_repro_runs_every_stage_and_writes_its_outputs(repro_repo: dict, env
     assert recall_csv[0].startswith("iou,ss_300,ss_1000,ss_2000,rpn_shared_300")
     assert len(recall_csv) == 1 + 10  # IoU 0.5, 0.55, ..., 0.95
     step2 = json.loads((repo / "metrics/step2_fast_rcnn.json").read_text())
-    assert step2["iterations"] == 4 and step2["resumed_from"] == 0 and "mAP" in step2
+    assert step2["iterations"] == 4 and step2["resumed_from"] == 0
+    # Its score is a stage of its own (evaluation settings are no input of the training).
+    assert "mAP" in json.loads((repo / "metrics/step2_fast_rcnn_score.json").read_text())
     # dvc.lock is true: nothing to do.
     status = run(["dvc", "status", "--json"], repo, env).stdout
     assert json.loads(status) == {}
@@ -248,7 +250,7 @@ def test_each_stage_logged_an_mlflow_run(repro_repo: dict) -> None:
         for n in (300, 1000, 2000):
             for iou in ("0.5", "0.7"):
                 assert 0.0 <= metrics[f"recall/{n}/{iou}"] <= 1.0
-    for stage in ("step2_fast_rcnn", "step4_fast_rcnn"):
+    for stage in ("step2_fast_rcnn_score", "step4_fast_rcnn_score", "ss_fast_rcnn_score"):
         metrics = by_stage[stage].data.metrics
         assert {"mAP", "ap/circle", "ap/square", "ap/triangle", "coco/AP", "coco/AP50"} <= set(metrics)
     evaluate = by_stage["evaluate"].data.metrics
@@ -363,7 +365,7 @@ def test_rpn_parameter_change_reruns_only_dependent_stages(
     # A step-3 RPN parameter: steps 1-2 and their inputs are untouched, step 3 onwards re-run.
     output = killed_and_resumed["output"]
     # ...and of the ablations, what reads the final model: its row, the recall figure, the report.
-    rerun = ["step3_rpn", "step3_proposals", "step4_fast_rcnn", "assemble", "evaluate",
+    rerun = ["step3_rpn", "step3_proposals", "step4_fast_rcnn", "assemble", "evaluate", "step4_fast_rcnn_score",
              row_stage("shared"), "proposal_recall", "ablation_report"]
     ran = ran_stages(output)
     # (The report re-runs when the shared row's result file changed; with 4-iteration tiny
