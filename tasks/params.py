@@ -9,7 +9,6 @@ naming a mapping brings its whole subtree). Reading anything else is a ``KeyErro
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -128,9 +127,9 @@ def with_settings(cfg: DetectorConfig, params: Mapping[str, Any]) -> DetectorCon
 
 
 def dataclass_from(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    """Build dataclass ``cls`` from ``values``, refusing unknown keys (typos) by name."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ParamsError(f"{where}: unknown setting(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
+    """Build dataclass ``cls`` from ``values`` (lists made tuples), checked by the one
+    settings validator (``tasks.settings``: unknown keys, types, ranges) first."""
+    from tasks.settings import check_dataclass
+
+    check_dataclass(cls, values, where)
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

@@ -226,3 +226,8 @@ def check_settings(params: Mapping[str, Any], source: str = "params.yaml", check
         if section not in SCHEMA:
             raise _fail(source, section, value, f"unknown section; sections are {sorted(SCHEMA)}")
         _check(SCHEMA[section], value, section, source, check_paths)
+
+
+def check_dataclass(cls: type, values: Mapping[str, Any], key: str, source: str = "params.yaml") -> None:
+    """``values`` checked as the settings of dataclass ``cls`` found at ``key``."""
+    _check_dataclass(cls, values, key, source, True)

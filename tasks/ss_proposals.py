@@ -24,18 +24,16 @@ from tasks import layout
 from tasks.atomic import write_json
 from tasks.data import read_manifest
 from tasks.params import get
+from tasks.settings import check_settings
 from tasks.proposals import SS_STAGE, cache_splits, ss_fingerprint
 
 #: ``ablations.selective_search`` keys, passed to ``selective_search_dataset``.
-SETTINGS = ("mode", "max_side", "max_proposals", "min_size", "seed")
 
 
 def ss_settings(params: Mapping[str, Any]) -> dict[str, Any]:
     """The selective-search keyword arguments, refusing unknown keys by name."""
     values = dict(get(params, "ablations.selective_search"))
-    unknown = sorted(set(values) - set(SETTINGS))
-    if unknown:
-        raise KeyError(f"ablations.selective_search: unknown setting(s) {unknown}; known: {list(SETTINGS)}")
+    check_settings({"ablations": {"selective_search": values}})
     return values
 
 

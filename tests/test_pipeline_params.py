@@ -63,7 +63,7 @@ def test_dataclass_from_names_unknown_keys() -> None:
 
     schedule = dataclass_from(TrainSchedule, PARAMS["train"]["step1_rpn"], "train.step1_rpn")
     assert schedule.iterations == 5 and schedule.lr_steps == (3,)
-    with pytest.raises(ParamsError, match=r"train.step1_rpn: unknown setting\(s\) \['iterationz'\]"):
+    with pytest.raises(ParamsError, match=r"train.step1_rpn.iterationz = 5: unknown key"):
         dataclass_from(TrainSchedule, {"iterationz": 5}, "train.step1_rpn")
 
 
