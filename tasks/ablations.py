@@ -48,6 +48,7 @@ from tasks.weights import device, load_model
 
 RANDOM_SEED = 0
 
+
 def row_proposals(
     row: AblationRow, dataset: DetectionDataset, params: Mapping[str, Any], detector: FasterRCNN | None = None
 ) -> dict[str, Tensor]:

@@ -28,6 +28,8 @@ from tasks.train import loss_summary
 from tasks.weights import device, initial_config, seeded
 
 STAGE = "one_stage"
+
+
 def schedule(params: Mapping[str, Any]) -> TrainSchedule:
     """``train.one_stage`` as a ``TrainSchedule`` (the detector steps' keys); unknown keys are refused."""
     return dataclass_from(TrainSchedule, dict(get(params, "train.one_stage")), "train.one_stage")

@@ -33,6 +33,7 @@ from tasks.proposals import load_cache
 from tasks.resume import ResumeFiles, resume_files
 from tasks.weights import build_stronger_rpn, device, load_model, reset_layers
 
+
 def _start_model(step: TrainingStep, params: Mapping[str, Any]) -> FasterRCNN:
     if step.start == FRESH_STRONGER:
         return build_stronger_rpn(params, read_classes()).to(device())

@@ -128,3 +128,29 @@ def test_registry_names_each_stage_once() -> None:
         module, function = stage.task.split(":")
         tree = ast.parse((ROOT / stage.entry_module).read_text())
         assert function in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, stage.task
+
+
+def test_training_stages_read_no_evaluation_setting() -> None:
+    """Changing how a model is scored re-scores it, never re-trains it: no training stage of
+    the recipe declares an evaluation setting; their scores are stages of their own."""
+    evaluation = ("evaluate.", "model.test", "model.test_proposals")
+    for step in TRAINING_STEPS.values():
+        declared = STAGE_PARAMS[step.name]
+        assert not [p for p in declared if p.startswith(evaluation)], step.name
+        if step.kind == "detector":
+            score = STAGE_PARAMS[f"{step.name}_score"]
+            assert "evaluate.metric" in score and "model.test" in score
+            assert not any(p.startswith("train.") for p in score)
+
+
+def test_ablation_rows_do_not_declare_what_they_override() -> None:
+    """Every row replaces the test proposal counts by the paper's, so no row depends on them."""
+    from model.ablations import PAPER_TEST_COUNTS
+
+    for key in STAGES:
+        if row_key(key) is None:
+            continue
+        declared = STAGE_PARAMS[key]
+        assert "model.test_proposals" not in declared
+        assert not [p for p in declared if p.split(".")[-1] in PAPER_TEST_COUNTS and "test_proposals" in p], key
+        assert "model.test_proposals.nms_threshold" in declared
