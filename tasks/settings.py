@@ -101,6 +101,8 @@ SCHEMA: dict[str, Any] = {
         "metric": Choice(METRICS),
         "recall_top_ns": list[Bounded(int, 1)],  # type: ignore[misc]
         "recall_ious": list[PROBABILITY_OPEN],  # type: ignore[misc]
+        # tasks/timing.py (not yet a stage): test images timed; it checks the warm-up bound.
+        "timing_images": Bounded(int, 1),
     },
     "ablations": {
         "selective_search": {"mode": Choice(MODES), "max_side": OrNone(Bounded(int, 1)), "max_proposals": Bounded(int, 1),
