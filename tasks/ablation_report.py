@@ -252,6 +252,12 @@ def report_summary(table: pd.DataFrame) -> dict[str, object]:
     return summary
 
 
+def _finite(value: object) -> float | None:
+    """A float for JSON, None where it is missing (JSON has no NaN)."""
+    number = float(value)  # type: ignore[arg-type]
+    return None if math.isnan(number) else number
+
+
 def _optional_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -268,11 +274,11 @@ def report_sections(table: pd.DataFrame) -> tuple[str, dict[str, object]]:
     recall = recall_table_at(pd.read_csv(recall_csv)) if recall_csv.is_file() else None
     timing = _optional_json(layout.metrics("timing"))
     summary: dict[str, object] = {
-        "headline": {str(k): {"our_map": float(v["our mAP (%)"]), "verdict": str(v["verdict"])}
+        "headline": {str(k): {"our_map": _finite(v["our mAP (%)"]), "verdict": str(v["verdict"])}
                      for k, v in headline.iterrows()},
     }
     if recall is not None:
-        summary["recall_300"] = {str(k): {c: float(v) for c, v in line.items() if c != "method"}
+        summary["recall_300"] = {str(k): {c: _finite(v) for c, v in line.items() if c != "method"}
                                  for k, line in recall.iterrows()}
     if timing is not None:
         summary["proposal_ratio_ss_over_rpn"] = timing.get("proposal_ratio_ss_over_rpn")
