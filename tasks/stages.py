@@ -265,9 +265,14 @@ REGISTRY: tuple[Stage | StageGroup, ...] = (
           (_ckpt("final"), _ckpt(STEP1.name), _ckpt(STRONG_RPN.name), str(layout.proposals(SS_PROPOSALS, "test")),
            PREPARED),
           reports=(str(layout.report("recall_vs_iou.csv")),), plots=_plot("proposal_recall", "recall_vs_iou")),
-    Stage("ablation_report", "The ablation table beside the paper's numbers: reports/ablations.{md,csv,png}, "
-          "printed.", "tasks.ablation_report:ablation_report_task", (),
-          tuple(str(layout.row_metrics(row.key)) for row in ALL_ROWS),
+    Stage("timing", "The paper's Table 5 on this machine: ms per image (conv, proposal, region-wise) of SS + "
+          "Fast R-CNN and RPN + Fast R-CNN.", "tasks.timing:timing_task",
+          (*INPUT, *ROW_PROPOSAL_PARAMS, "model.test", SS_SETTINGS, "evaluate.timing_images"),
+          (_ckpt("final"), PREPARED)),
+    Stage("ablation_report", "The ablation table beside the paper's numbers, the headline, recall at 300 and "
+          "Table 5: reports/ablations.{md,csv,png}, printed.", "tasks.ablation_report:ablation_report_task", (),
+          (*(str(layout.row_metrics(row.key)) for row in ALL_ROWS), str(layout.report("recall_vs_iou.csv")),
+           str(layout.metrics("timing"))),
           reports=(str(layout.report("ablations.md")), str(layout.report("ablations.csv"))),
           plots=(str(layout.report("ablations.png")),)),
 )

@@ -227,6 +227,14 @@ def test_dvc_repro_runs_every_stage_and_writes_its_outputs(repro_repo: dict, env
     recall_csv = (repo / "reports/recall_vs_iou.csv").read_text().splitlines()
     assert recall_csv[0].startswith("iou,ss_300,ss_1000,ss_2000,rpn_shared_300")
     assert len(recall_csv) == 1 + 10  # IoU 0.5, 0.55, ..., 0.95
+    # The paper's claims as sections of the report: headline, recall at 300, Table 5 (columns only).
+    report = (repo / "reports/ablations.md").read_text()
+    assert "## Headline: selective search vs the RPN" in report and "## Recall at 300 proposals" in report
+    assert "## Timing per image (paper Table 5)" in report
+    assert "| system | device | conv_ms | proposal_ms | region_ms | total_ms | fps |" in report
+    timing = json.loads((repo / "metrics/timing.json").read_text())
+    assert {"conv_ms", "proposal_ms", "region_ms", "total_ms", "fps"} <= set(timing["ss"]) and timing["device"]
+    assert "verdict" in table.columns
     step2 = json.loads((repo / "metrics/step2_fast_rcnn.json").read_text())
     assert step2["iterations"] == 4 and step2["resumed_from"] == 0
     # Its score is a stage of its own (evaluation settings are no input of the training).
@@ -366,7 +374,7 @@ def test_rpn_parameter_change_reruns_only_dependent_stages(
     output = killed_and_resumed["output"]
     # ...and of the ablations, what reads the final model: its row, the recall figure, the report.
     rerun = ["step3_rpn", "step3_proposals", "step4_fast_rcnn", "assemble", "evaluate", "step4_fast_rcnn_score",
-             row_stage("shared"), "proposal_recall", "ablation_report"]
+             row_stage("shared"), "proposal_recall", "timing", "ablation_report"]
     ran = ran_stages(output)
     # (The report re-runs when the shared row's result file changed; with 4-iteration tiny
     # models both results can be the same bytes, and then DVC rightly skips it.)
