@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from model.atomic import atomic_path
+from model.atomic import atomic_path, temp_dir_beside
 
 
 def write_bytes(target: Path | str, data: bytes) -> Path:
@@ -46,12 +45,11 @@ def publish_directory(target: Path | str, fill: Callable[[Path], None]) -> Path:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    staging = temp_dir_beside(target, ".partial")
     try:
-        os.chmod(staging, 0o755)
         fill(staging)
         if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            retired = temp_dir_beside(target, ".old")
             retired.rmdir()
             os.replace(target, retired)
             os.replace(staging, target)

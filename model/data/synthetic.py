@@ -38,9 +38,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +48,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from model.atomic import temp_dir_beside
 from model.data.flat import split_ids
 from model.data.records import ObjectAnnotation
 
@@ -638,12 +637,11 @@ def generate_synthetic_voc(root: Path, spec: SyntheticSpec | None = None, *, ove
         else:
             root.rmdir()
     root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
+    staging = temp_dir_beside(root, ".partial")
     try:
-        os.chmod(staging, 0o755)
         _write_dataset(staging, spec)
         if replace:
-            retired = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".old", dir=root.parent))
+            retired = temp_dir_beside(root, ".old")
             retired.rmdir()
             root.rename(retired)
             staging.rename(root)
