@@ -106,17 +106,24 @@ class SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow "SAME" padding: output ``ceil(in / stride)``, extra pad bottom/right.
 
     The padding depends on the input size when the stride is 2, so it is computed per call.
+    TF's total ``max((ceil(n / s) - 1) * s + k - n, 0)`` equals ``k - ((n - 1) % s + 1)``
+    when ``k >= s``: integer operators only, so under ``torch.jit.trace`` (ONNX export) the
+    sizes stay symbolic and the exported graph pads right for any input size. A 1x1
+    convolution never pads (its total is never positive).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, groups=groups, bias=False)
+        self.pads = kernel_size > 1
+        if self.pads and kernel_size < stride:
+            raise ValueError(f"SameConv2d: kernel {kernel_size} smaller than stride {stride} is not supported")
 
     def forward(self, x: Tensor) -> Tensor:
-        pads = []
-        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
-            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-            pads += [total // 2, total - total // 2]
-        if any(pads):
+        if self.pads:
+            pads = []
+            for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
+                total = k - ((size - 1) % s + 1)
+                pads += [total // 2, total - total // 2]
             x = F.pad(x, pads)
         return F.conv2d(x, self.weight, None, self.stride, 0, self.dilation, self.groups)
 
