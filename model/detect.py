@@ -3,7 +3,9 @@
 Prints the detections as JSON, a list of ``{"class", "score", "box": [x1, y1, x2, y2]}``
 (0-based inclusive pixels of the original image), and with ``--out`` draws them, labelled,
 on a copy of the image. Bad input (checkpoint, image, or a ``--device`` this machine
-lacks) exits with status 2 and a message that names the file or the device.
+lacks) exits with status 2 and a message that names the file or the device. ``--onnx`` runs
+a graph written by ``python -m model.export`` with ONNX Runtime instead of a checkpoint with
+PyTorch (CPU).
 """
 from __future__ import annotations
 
@@ -62,7 +64,9 @@ def draw_detections(image: np.ndarray, detections: Sequence[dict], class_names: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.detect", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint written by training")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="checkpoint written by training")
+    source.add_argument("--onnx", type=Path, help="ONNX graph written by python -m model.export (ONNX Runtime, CPU)")
     parser.add_argument("--image", required=True, type=Path, help="image file to run on")
     parser.add_argument("--out", type=Path, help="write the image with the detections drawn here")
     parser.add_argument("--score-threshold", type=float, default=0.5, help="lowest score reported (default 0.5)")
@@ -70,21 +74,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        device = resolve_device(args.device, "--device")
-        model, _ = load_checkpoint(args.checkpoint, map_location=device)
+        if args.onnx is not None:
+            from model.export.runtime import OnnxDetector, OnnxModelError
+
+            try:
+                runtime = OnnxDetector(args.onnx)
+            except OnnxModelError as error:
+                raise CheckpointError(str(error)) from error
+            detect, info = runtime.detect, runtime.info
+        else:
+            device = resolve_device(args.device, "--device")
+            model, _ = load_checkpoint(args.checkpoint, map_location=device)
+            detect, info = (lambda image, scale: model.detect(image.to(device), scale)), model.cfg
         image = load_image_rgb(args.image)
     except (DeviceError, CheckpointError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    cfg = model.cfg
-    tensor, scale = prepare_image(image, cfg.min_size, cfg.max_size)
-    det = model.detect(tensor.to(device), scale)
-    found = detections_to_json(det, cfg.class_names, args.score_threshold)
+    tensor, scale = prepare_image(image, info.min_size, info.max_size)
+    found = detections_to_json(detect(tensor, scale), info.class_names, args.score_threshold)
     print(json.dumps(found, indent=2))
     if args.out is not None:
         try:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            draw_detections(image, found, cfg.class_names).save(args.out)
+            draw_detections(image, found, info.class_names).save(args.out)
         except (OSError, ValueError) as error:
             print(f"error: cannot write {args.out}: {error}", file=sys.stderr)
             return 2
