@@ -5,7 +5,8 @@ Prints the detections as JSON, a list of ``{"class", "score", "box": [x1, y1, x2
 on a copy of the image. Bad input (checkpoint, image, or a ``--device`` this machine
 lacks) exits with status 2 and a message that names the file or the device. ``--onnx`` runs
 a graph written by ``python -m model.export`` with ONNX Runtime instead of a checkpoint with
-PyTorch (CPU).
+PyTorch (CPU). ``--checkpoint models:/NAME/VERSION`` loads a version of the MLflow Model
+Registry (``model.registry_uri``: the mlflow CLI downloads it; the library imports no mlflow).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from model.data.records import DatasetError
 from model.data.transforms import prepare_image
 from model.detections import Detections
 from model.devices import DeviceError, resolve_device
+from model.registry_uri import checkpoint_file
 
 # Distinct, readable colours, cycled over the classes.
 _PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -65,7 +67,9 @@ def draw_detections(image: np.ndarray, detections: Sequence[dict], class_names: 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.detect", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="checkpoint written by training")
+    source.add_argument(
+        "--checkpoint", type=Path, help="checkpoint written by training, or models:/NAME/VERSION (MLflow Model Registry)"
+    )
     source.add_argument("--onnx", type=Path, help="ONNX graph written by python -m model.export (ONNX Runtime, CPU)")
     parser.add_argument("--image", required=True, type=Path, help="image file to run on")
     parser.add_argument("--out", type=Path, help="write the image with the detections drawn here")
@@ -84,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             detect, info = runtime.detect, runtime.info
         else:
             device = resolve_device(args.device, "--device")
-            model, _ = load_checkpoint(args.checkpoint, map_location=device)
+            with checkpoint_file(args.checkpoint) as path:
+                model, _ = load_checkpoint(path, map_location=device)
             detect, info = (lambda image, scale: model.detect(image.to(device), scale)), model.cfg
         image = load_image_rgb(args.image)
     except (DeviceError, CheckpointError, DatasetError) as error:

@@ -3,8 +3,8 @@
 shared convs + RPN from step 3, detector from step 4 (``model.checkpoint.assemble_model``;
 step 4 kept the shared convs frozen at step 3's values, so both files hold the same
 ones). The test-time settings (``model.test_proposals``, ``model.test``) and the input
-size come from params, so the file is ready for ``python -m model.detect``. The model
-is also logged to MLflow with ``mlflow.pytorch.log_model``.
+size come from params, so the file is ready for ``python -m model.detect``. The
+``evaluate`` stage registers it in the MLflow Model Registry with its metrics.
 """
 from __future__ import annotations
 
@@ -51,5 +51,4 @@ def assemble_task(params: dict[str, Any]) -> dict[str, Any]:
         model, metrics = assemble(params)
         run.log_metrics(metrics)
         run.log_artifact(layout.metrics("assemble"), "metrics")
-        run.log_pytorch_model(model.eval(), name="faster_rcnn")
     return metrics

@@ -173,17 +173,23 @@ def load_split(role: str, manifest: Mapping[str, Any] | None = None) -> Detectio
             f"{layout.MANIFEST}: the {role} split ({split['name']}) of {manifest['root']} changed since prepare_data "
             f"ran ({len(ids)} images now, {len(split['image_ids'])} recorded); re-run prepare_data"
         )
+    from tasks.tracking import log_dataset_read
+
+    log_dataset_read(manifest, role, _resolve(manifest["root"]))
     return dataset
 
 
 @task(name="prepare_data", cache_policy=NO_CACHE)
 def prepare_data_task(params: dict[str, Any]) -> dict[str, Any]:
     """Prefect task: generate or check the dataset; log counts to MLflow."""
-    from tasks.tracking import stage_run
+    from tasks.tracking import log_dataset_read, stage_run
 
     with stage_run("prepare_data", get(params, "tracking.experiment"), params) as run:
         metrics = prepare(params)
         write_json(layout.metrics("prepare_data"), metrics)
+        manifest = read_manifest()
+        for role in ROLES:
+            log_dataset_read(manifest, role, _resolve(manifest["root"]))
         run.log_metrics(metrics)
         run.log_artifact(layout.MANIFEST, "data")
         run.log_artifact(layout.metrics("prepare_data"), "metrics")

@@ -97,11 +97,17 @@ def evaluate_rows(params: Mapping[str, Any]) -> dict[str, Any]:
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(params: dict[str, Any]) -> dict[str, Any]:
-    from tasks.tracking import stage_run
+    from tasks.tracking import registered_model_name, stage_run
 
-    with stage_run("evaluate", get(params, "tracking.experiment"), params) as run:
+    experiment = str(get(params, "tracking.experiment"))
+    with stage_run("evaluate", experiment, params) as run:
         metrics = evaluate_rows(params)
         run.log_metrics(metrics)
+        # The final model goes to the Model Registry with its own row's metrics.
+        name = registered_model_name(experiment)
+        shared = {k: v for k, v in metrics["shared"].items() if k != "mAP"}
+        version = run.register_detector(layout.checkpoint("final"), name, {"mAP": metrics["mAP"], **shared})
+        run.set_tags({"registered_model": f"models:/{name}/{version}"})
         run.log_artifact(layout.metrics("evaluate"), "metrics")
         for row in ("shared", "unshared"):
             run.log_artifact(layout.plot("evaluate", f"pr_{row}"), "plots")

@@ -10,15 +10,23 @@ Every run carries the tags ``pipeline_run_id`` (see ``pipeline_run_id``), ``stag
 and ``step`` (1-4 for the alternating steps), so the UI can filter one execution of
 the pipeline (``tags.pipeline_run_id = '...'``) and compare steps across executions.
 
+Also: the ``device`` tag is the device the stage resolved (``cpu``, ``cuda:0``) and
+``device_name`` the GPU's name (``cpu`` on the CPU); the training steps (stage runs with a
+``step``) log system metrics (CPU, memory; GPU with ``nvidia-ml-py``); a run that reads a
+split of the prepared dataset logs it as an MLflow dataset (``log_dataset_read``); the
+final model is registered in the Model Registry (``register_detector``).
+
 ``mlflow`` is imported lazily: importing this module stays cheap.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -170,21 +178,31 @@ class StageRun:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
-    def log_pytorch_model(self, model: Any, name: str = "model") -> None:
-        """``mlflow.pytorch.log_model`` with the library's source and pinned requirements.
+    def register_detector(self, checkpoint: Path | str, registered_name: str, metrics: Mapping[str, Any]) -> str:
+        """Log ``checkpoint`` as a code-defined pyfunc model and register it; returns the version.
 
-        Passing the requirements skips MLflow's slow inference of them; ``code_paths``
-        ships ``model/`` so the logged model loads without this checkout.
+        No pickle anywhere: the weights are the checkpoint file itself (plain tensors and
+        types, read with ``torch.load(weights_only=True)``), the model class is the source
+        file ``tasks/registered_detector.py`` (MLflow's "models from code") and ``model/``
+        ships as code. One version per pipeline execution: a version tagged with this
+        execution's ``pipeline_run_id`` is returned instead of registering another.
+        ``metrics`` go on the logged model, and the top-level numbers on the version's tags.
         """
-        import mlflow.pytorch
+        import mlflow.pyfunc
         import torch
         import torchvision
 
-        mlflow.pytorch.log_model(
-            model,
-            name=name,
-            # The model has no single-tensor forward() to trace for MLflow's "pt2" default.
-            serialization_format="pickle",
+        run_id = pipeline_run_id()
+        client = self._mlflow.MlflowClient()
+        existing = client.search_model_versions(
+            f"name = '{registered_name}' and tags.pipeline_run_id = '{run_id}'"
+        )
+        if existing:
+            return str(existing[0].version)
+        info = mlflow.pyfunc.log_model(
+            name="detector",
+            python_model=str(layout.code_root() / "tasks" / "registered_detector.py"),
+            artifacts={"checkpoint": str(checkpoint)},
             code_paths=[str(layout.code_root() / "model")],
             pip_requirements=[
                 f"torch=={torch.__version__.split('+')[0]}",
@@ -192,8 +210,19 @@ class StageRun:
                 "numpy",
                 "pillow",
                 "opencv-contrib-python-headless",
+                "tqdm",
             ],
         )
+        flat = _flatten_metrics(metrics)
+        if flat:
+            self._mlflow.log_metrics(flat, model_id=info.model_id)
+        version = self._mlflow.register_model(info.model_uri, registered_name)
+        tags = {"pipeline_run_id": run_id, "checkpoint_file": Path(checkpoint).name, "run_id": self.run_id}
+        # The headline numbers where the registry lists versions; the rest on the model.
+        tags.update({k: f"{v:.6g}" for k, v in flat.items() if "/" not in k})
+        for key, value in tags.items():
+            client.set_model_version_tag(registered_name, str(version.version), key, value)
+        return str(version.version)
 
 
 def _param_value(value: Any) -> str:
@@ -219,6 +248,67 @@ def _metric_key(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "_-. :/" else "_" for ch in name)
 
 
+def registered_model_name(experiment: str) -> str:
+    """The Model Registry name of the pipeline's final model in ``experiment``."""
+    return f"{experiment}-final"
+
+
+def device_tags() -> dict[str, str]:
+    """``device`` (``cpu``, ``cuda:0``: what ``tasks.weights.device`` resolves) and ``device_name``."""
+    import torch
+
+    from tasks.weights import device
+
+    resolved = device()
+    if resolved.type != "cuda":
+        return {"device": str(resolved), "device_name": resolved.type}
+    index = resolved.index if resolved.index is not None else torch.cuda.current_device()
+    return {"device": f"cuda:{index}", "device_name": torch.cuda.get_device_name(index)}
+
+
+# Splits read while no run was active in this thread (a stage that loads its data before it
+# opens its run); the next stage run of the thread logs them.
+_unlogged_reads = threading.local()
+
+
+def log_dataset_read(manifest: Mapping[str, Any], role: str, root: Path) -> None:
+    """Log split ``role`` of the prepared dataset as an MLflow dataset input of the run reading it.
+
+    Name ``<data name>/<split>``, digest the first 16 hex digits of the SHA-256 of the
+    manifest's content (key-sorted compact JSON: the split's image ids and content digest,
+    the classes, the root), source the dataset's folder ``root``; context ``role`` (train /
+    test). With no active run in this thread the read is kept for the thread's next
+    ``stage_run``.
+    """
+    read = (
+        f"{manifest.get('name') or Path(root).name}/{manifest['splits'][role]['name']}",
+        hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()[:16],
+        Path(root).resolve().as_uri(),
+        role,
+    )
+    import mlflow
+
+    if mlflow.active_run() is None:
+        pending = getattr(_unlogged_reads, "reads", [])
+        if read not in pending:
+            _unlogged_reads.reads = [*pending, read]
+        return
+    _log_input(mlflow, *read)
+
+
+def _log_input(mlflow: Any, name: str, digest: str, source: str, role: str) -> None:
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():
+        # A file:// URI matches MLflow's local-artifact source twice over; either is that class.
+        warnings.simplefilter("ignore", UserWarning)
+        dataset_source = resolve_dataset_source(source)
+    mlflow.log_input(MetaDataset(dataset_source, name=name, digest=digest), context=role)
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -226,8 +316,13 @@ def stage_run(
     params: Mapping[str, Any],
     step: int | None = None,
     resume_run_id: str | None = None,
+    system_metrics: bool | None = None,
 ) -> Iterator[StageRun]:
-    """Start (or resume) the MLflow run of ``stage``; ends it FINISHED, or FAILED on an exception."""
+    """Start (or resume) the MLflow run of ``stage``; ends it FINISHED, or FAILED on an exception.
+
+    ``system_metrics`` (default: for the training steps, i.e. when ``step`` is given) samples
+    CPU and memory use (GPU with ``nvidia-ml-py``) into the run while it is open.
+    """
     import mlflow
 
     location = default_artifact_location()
@@ -239,26 +334,31 @@ def stage_run(
         "dvc_stage": os.environ.get("DVC_STAGE", ""),
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "git_commit": git_commit() or "",
-        "device": os.environ.get("FRCNN_DEVICE", "auto"),
+        **device_tags(),
     }
     if step is not None:
         tags["step"] = str(step)
     flow_run = _prefect_flow_run_id()
     if flow_run:
         tags["prefect_flow_run_id"] = flow_run
+    if system_metrics is None:
+        system_metrics = step is not None
     run = None
     if resume_run_id:
         with contextlib.suppress(Exception):
             existing = mlflow.MlflowClient().get_run(resume_run_id)
             if existing.info.experiment_id == experiment_id:
-                run = mlflow.start_run(run_id=resume_run_id)
+                run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=system_metrics)
     if run is None:
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags)
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags, log_system_metrics=system_metrics)
     else:
         mlflow.set_tags({**tags, "resumed": "true"})
     handle = StageRun(mlflow, run)
     status = "FAILED"
     try:
+        for read in getattr(_unlogged_reads, "reads", []):
+            _log_input(mlflow, *read)
+        _unlogged_reads.reads = []
         handle.log_params(params)
         yield handle
         handle.flush()

@@ -286,9 +286,13 @@ def test_each_stage_logged_an_mlflow_run(repro_repo: dict) -> None:
     report_files = {a.path for a in client.list_artifacts(report.info.run_id, "ablations")}
     assert {"ablations/ablations.md", "ablations/ablations.csv", "ablations/ablations.png",
             "ablations/ablations_table.json"} <= report_files
-    # The final model went through mlflow.pytorch.log_model.
-    models = client.search_logged_models(experiment_ids=[by_stage["assemble"].info.experiment_id])
-    assert [m.name for m in models if m.source_run_id == by_stage["assemble"].info.run_id] == ["faster_rcnn"]
+    # The final model is registered (code-defined pyfunc, checkpoint artifact) with its metrics.
+    evaluate_run = by_stage["evaluate"]
+    versions = client.search_model_versions("name = 'faster-rcnn-alternating-final'")
+    mine = [v for v in versions if v.tags.get("pipeline_run_id") == evaluate_run.data.tags["pipeline_run_id"]]
+    assert len(mine) == 1 and evaluate_run.data.tags["registered_model"].endswith(f"/{mine[0].version}")
+    assert float(mine[0].tags["mAP"]) == pytest.approx(evaluate_run.data.metrics["mAP"], abs=1e-5)
+    assert {d.dataset.digest for d in evaluate_run.inputs.dataset_inputs}, "evaluate read the test split"
 
 
 def test_prefect_saw_every_stage_flow(repro_repo: dict, prefect_api: str) -> None:
