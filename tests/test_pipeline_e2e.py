@@ -292,7 +292,9 @@ def test_each_stage_logged_an_mlflow_run(repro_repo: dict) -> None:
     mine = [v for v in versions if v.tags.get("pipeline_run_id") == evaluate_run.data.tags["pipeline_run_id"]]
     assert len(mine) == 1 and evaluate_run.data.tags["registered_model"].endswith(f"/{mine[0].version}")
     assert float(mine[0].tags["mAP"]) == pytest.approx(evaluate_run.data.metrics["mAP"], abs=1e-5)
-    assert {d.dataset.digest for d in evaluate_run.inputs.dataset_inputs}, "evaluate read the test split"
+    inputs = client.get_run(evaluate_run.info.run_id).inputs.dataset_inputs
+    assert [i.dataset.name.endswith("/test") for i in inputs] == [True], "evaluate read the test split"
+    assert by_stage["step1_rpn"].data.tags["device"] == "cpu"
 
 
 def test_prefect_saw_every_stage_flow(repro_repo: dict, prefect_api: str) -> None:

@@ -129,6 +129,8 @@ def export_onnx(model: FasterRCNN, out: Path | str, sample_image: Tensor, sample
 
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ValueError("export_onnx: move the model to the CPU first (the graph's constants are CPU tensors)")
+    # Process-wide, but only changes exports that meet a stable argsort (which the stock
+    # symbolic refuses), so registering it again per call is harmless.
     torch.onnx.register_custom_op_symbolic("aten::argsort", _stable_argsort, OPSET)
     graph = DetectionGraph(model).eval()
     was_training = model.training
@@ -143,8 +145,9 @@ def export_onnx(model: FasterRCNN, out: Path | str, sample_image: Tensor, sample
             # always answer "nothing".
             raise ValueError("export_onnx: the sample image gives no detection; trace with one that does")
         with torch.no_grad(), warnings.catch_warnings(), atomic_path(out) as tmp:
-            # The tracer warns at every Python-level shape check it freezes; they are the
-            # library's input validation, true for every valid input.
+            # The tracer warns at every Python-level shape check it freezes (the library's
+            # input validation, true for every valid input), and torch warns that the
+            # TorchScript exporter is deprecated (see the module docstring for why it is used).
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 graph,
