@@ -70,7 +70,7 @@ def one_stage_task(params: dict[str, Any]) -> dict[str, Any]:
     """Prefect task: train and score the one-stage detector; losses and metrics to MLflow."""
     from tasks.tracking import stage_run
 
-    with stage_run(STAGE, get(params, "tracking.experiment"), params) as run:
+    with stage_run(STAGE, get(params, "tracking.experiment"), params, system_metrics=True) as run:
         metrics = train_and_score(params, on_log=run.log_loss)
         run.flush()
         run.log_metrics(metrics)

@@ -11,8 +11,8 @@ and ``step`` (1-4 for the alternating steps), so the UI can filter one execution
 the pipeline (``tags.pipeline_run_id = '...'``) and compare steps across executions.
 
 Also: the ``device`` tag is the device the stage resolved (``cpu``, ``cuda:0``) and
-``device_name`` the GPU's name (``cpu`` on the CPU); the training steps (stage runs with a
-``step``) log system metrics (CPU, memory; GPU with ``nvidia-ml-py``); a run that reads a
+``device_name`` the GPU's name (``cpu`` on the CPU); the training stages log system
+metrics (CPU, memory; GPU with ``nvidia-ml-py``); a run that reads a
 split of the prepared dataset logs it as an MLflow dataset (``log_dataset_read``); the
 final model is registered in the Model Registry (``register_detector``).
 
@@ -316,12 +316,12 @@ def stage_run(
     params: Mapping[str, Any],
     step: int | None = None,
     resume_run_id: str | None = None,
-    system_metrics: bool | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[StageRun]:
     """Start (or resume) the MLflow run of ``stage``; ends it FINISHED, or FAILED on an exception.
 
-    ``system_metrics`` (default: for the training steps, i.e. when ``step`` is given) samples
-    CPU and memory use (GPU with ``nvidia-ml-py``) into the run while it is open.
+    ``system_metrics`` (the training stages set it) samples CPU and memory use (GPU with
+    ``nvidia-ml-py``) into the run while it is open.
     """
     import mlflow
 
@@ -341,8 +341,6 @@ def stage_run(
     flow_run = _prefect_flow_run_id()
     if flow_run:
         tags["prefect_flow_run_id"] = flow_run
-    if system_metrics is None:
-        system_metrics = step is not None
     run = None
     if resume_run_id:
         with contextlib.suppress(Exception):

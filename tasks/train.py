@@ -90,7 +90,7 @@ def run_step(stage: str, params: Mapping[str, Any], progress: bool = True) -> di
     train_set = load_split("train", manifest)
 
     with stage_run(stage, get(params, "tracking.experiment"), params, step=step.paper_step,
-                   resume_run_id=files.mlflow_run_id() if resumed_from else None) as run:
+                   resume_run_id=files.mlflow_run_id() if resumed_from else None, system_metrics=True) as run:
         files.remember_run(run.run_id)
         if resumed_from:
             print(f"{stage}: resuming from iteration {resumed_from} of {schedule.iterations} ({files.checkpoint})")

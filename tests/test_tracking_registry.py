@@ -54,9 +54,9 @@ def test_device_tag_is_the_resolved_device(store: Path, monkeypatch: pytest.Monk
 def test_training_steps_log_system_metrics(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
-    with tracking.stage_run("step1_rpn", "unit-exp", {}, step=1) as training:
+    with tracking.stage_run("step1_rpn", "unit-exp", {}, step=1, system_metrics=True) as training:
         time.sleep(2.5)
-    with tracking.stage_run("evaluate", "unit-exp", {}) as other:
+    with tracking.stage_run("step1_proposals", "unit-exp", {}, step=1) as other:  # not training
         time.sleep(1.5)
     client = _client(store)
     logged = client.get_run(training.run_id).data.metrics
