@@ -62,7 +62,7 @@ from model.detections import Detections
 from model.devices import resolve_device
 from model.roi import detector_loss, postprocess_detections
 from model.training import ImageOrder, TrainSchedule, build_optimizer
-from model.rpn.targets import label_anchors
+from model.rpn.targets import anchor_matcher, label_anchors
 
 CHECKPOINT_FORMAT = "frcnn-one-stage/1"
 
@@ -111,7 +111,9 @@ def label_windows(
     positive = torch.nonzero(labels == 1).squeeze(1)
     classes = labels.clone()  # -1 and 0 stay as they are
     if positive.numel() > 0:
-        best, matched = box_iou(anchors[positive], gt_boxes).max(dim=1)
+        # The same matching label_anchors made (first max-IoU gt), on the positives only.
+        match = anchor_matcher(label_cfg)(box_iou(anchors[positive], gt_boxes))
+        best, matched = match.max_iou, match.matched
         classes[positive] = gt_labels[matched]
         # label_anchors' faithful quirk (see its module doc): a gt that overlaps no inside
         # anchor makes every zero-IoU anchor "positive". Harmless noise for an objectness

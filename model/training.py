@@ -51,6 +51,7 @@ from model.data.records import DetectionDataset, ImageRecord
 from model.data.transforms import compute_scale, flip_boxes, load_training_sample, record_boxes_labels
 from model.faster_rcnn import FasterRCNN
 from model.roi import detector_loss
+from model.roi.sampling import roi_matcher
 
 LogFn = Callable[[int, dict[str, float]], None]
 # Schedule fields that may change between an interrupted run and its resumption.
@@ -224,9 +225,9 @@ def box_target_stats(
         scale = compute_scale(record.height, record.width, cfg.min_size, cfg.max_size)
         gt_boxes = gt_boxes * scale
         candidates = torch.cat([gt_boxes, proposals[record.image_id].float() * scale])
-        best, which = box_iou(candidates, gt_boxes).max(dim=1)
-        fg = best >= cfg.roi.foreground_iou
-        collected.append(encode_boxes(candidates[fg], gt_boxes[which[fg]]))
+        match = roi_matcher(cfg.roi)(box_iou(candidates, gt_boxes))
+        fg = match.labels == 1
+        collected.append(encode_boxes(candidates[fg], gt_boxes[match.matched[fg]]))
     default_means = torch.tensor(cfg.roi.target_means, dtype=torch.float32)
     default_stds = torch.tensor(cfg.roi.target_stds, dtype=torch.float32)
     targets = torch.cat(collected) if collected else torch.zeros((0, 4))
@@ -271,13 +272,8 @@ def _has_roi_sample(record: ImageRecord, proposals: Tensor, model: FasterRCNN) -
     candidates = torch.cat([gt_boxes, proposals]) * scale
     if candidates.shape[0] == 0:
         return False
-    if gt_boxes.shape[0] == 0:
-        best = torch.zeros(candidates.shape[0])
-    else:
-        best = box_iou(candidates, gt_boxes * scale).max(dim=1).values
-    fg = best >= cfg.roi.foreground_iou
-    bg = (best >= cfg.roi.background_iou_low) & (best < cfg.roi.background_iou_high)
-    return bool((fg | bg).any())
+    match = roi_matcher(cfg.roi)(box_iou(candidates, gt_boxes * scale))
+    return bool((match.labels >= 0).any())
 
 
 class ImageOrder:

@@ -6,12 +6,13 @@ boxes in network-input pixels (gt boxes already multiplied by the input scale).
 As py-faster-rcnn's ``proposal_target_layer`` / ``roi_data_layer``:
 
 1. the gt boxes are appended to the proposals, so every image has foreground candidates;
-2. every candidate takes the gt box of highest IoU (first one on ties);
+2. every candidate takes the gt box of highest IoU (first one on ties; ``roi_matcher``);
 3. foreground: max IoU ``>= foreground_iou``; at most
    ``round(foreground_fraction * batch_size_per_image)`` of them, a random subset
    without replacement;
 4. background: max IoU in ``[background_iou_low, background_iou_high)``, a random
-   subset filling the rest of the batch;
+   subset filling the rest of the batch (``model.sampler.roi_sampler``; a candidate in both
+   ranges, possible only when ``background_iou_high > foreground_iou``, is foreground);
 5. R is smaller than the batch size when candidates run out.
 
 With no gt box (G = 0) every candidate has IoU 0 and is background exactly when
@@ -28,6 +29,8 @@ from torch import Tensor
 
 from model.boxes import box_iou, encode_boxes
 from model.config import RoIConfig
+from model.matcher import Matcher
+from model.sampler import roi_sampler
 
 
 @dataclass
@@ -57,10 +60,10 @@ class RoISample:
         return self.rois.shape[0] == 0
 
 
-def _random_subset(indices: Tensor, count: int, generator: torch.Generator | None) -> Tensor:
-    """``count`` of ``indices`` ``[M]`` without replacement (all of them, shuffled, if fewer)."""
-    order = torch.randperm(indices.numel(), generator=generator)[:count]
-    return indices[order.to(indices.device)]
+def roi_matcher(cfg: RoIConfig) -> Matcher:
+    """The detector's rule: foreground from ``foreground_iou``, background in
+    ``[background_iou_low, background_iou_high)``, no low-quality matches."""
+    return Matcher(cfg.foreground_iou, cfg.background_iou_high, background_floor=cfg.background_iou_low)
 
 
 def sample_rois(
@@ -86,28 +89,15 @@ def sample_rois(
 
     gt_boxes = gt_boxes.to(proposals)
     candidates = torch.cat([proposals, gt_boxes], dim=0)
-    num_candidates = candidates.shape[0]
-    if gt_boxes.shape[0] > 0:
-        max_iou, matched = box_iou(candidates, gt_boxes).max(dim=1)
-    else:
-        max_iou = candidates.new_zeros(num_candidates)
-        matched = torch.zeros(num_candidates, dtype=torch.int64, device=candidates.device)
-
-    fg_candidates = torch.nonzero(max_iou >= cfg.foreground_iou).squeeze(1)
-    bg_candidates = torch.nonzero(
-        (max_iou >= cfg.background_iou_low) & (max_iou < cfg.background_iou_high)
-    ).squeeze(1)
-    # Python's round is numpy's round (half to even), as the original's np.round.
-    fg_quota = int(round(cfg.foreground_fraction * cfg.batch_size_per_image))
-    fg = _random_subset(fg_candidates, min(fg_quota, fg_candidates.numel()), generator)
-    bg_quota = cfg.batch_size_per_image - fg.numel()
-    bg = _random_subset(bg_candidates, min(bg_quota, bg_candidates.numel()), generator)
+    match = roi_matcher(cfg)(box_iou(candidates, gt_boxes))
+    fg, bg = roi_sampler(cfg.batch_size_per_image, cfg.foreground_fraction)(match.labels, generator)
 
     keep = torch.cat([fg, bg])
     rois = candidates[keep]
     labels = torch.zeros(keep.numel(), dtype=torch.int64, device=candidates.device)
     targets = candidates.new_zeros((keep.numel(), 4))
     if fg.numel():
-        labels[: fg.numel()] = gt_labels.to(candidates.device)[matched[fg]]
-        targets[: fg.numel()] = encode_boxes(rois[: fg.numel()], gt_boxes[matched[fg]])
+        matched = match.matched[fg]
+        labels[: fg.numel()] = gt_labels.to(candidates.device)[matched]
+        targets[: fg.numel()] = encode_boxes(rois[: fg.numel()], gt_boxes[matched])
     return RoISample(rois=rois, labels=labels, targets=targets)

@@ -30,6 +30,8 @@ from torch import Tensor
 from model.anchors import anchors_inside
 from model.boxes import box_iou, encode_boxes
 from model.config import RPNConfig
+from model.matcher import Matcher
+from model.sampler import rpn_sampler
 
 
 def label_anchors(
@@ -61,45 +63,22 @@ def label_anchors(
     if inside.numel() == 0:
         return labels, targets
     inside_anchors = anchors[inside]
+    # Steps 2-4 (see the module doc); with no gt every inside anchor is a negative.
+    match = anchor_matcher(cfg)(box_iou(inside_anchors, gt_boxes))  # over [Ni, G]
+    positives, negatives = rpn_sampler(cfg.batch_size_per_image, cfg.positive_fraction)(match.labels, generator)
     inside_labels = torch.full((inside.numel(),), -1, dtype=torch.int64, device=device)
-
-    if gt_boxes.shape[0] == 0:
-        inside_labels.fill_(0)
-        matched_gt = None
-    else:
-        overlaps = box_iou(inside_anchors, gt_boxes)  # [Ni, G]
-        max_overlaps, matched_gt = overlaps.max(dim=1)  # first max on ties, as np.argmax
-        gt_max_overlaps = overlaps.max(dim=0).values  # [G]
-        best_for_some_gt = (overlaps == gt_max_overlaps[None, :]).any(dim=1)  # see module doc
-        inside_labels[max_overlaps < cfg.negative_iou] = 0
-        inside_labels[best_for_some_gt] = 1
-        inside_labels[max_overlaps >= cfg.positive_iou] = 1
-
-    batch = cfg.batch_size_per_image
-    max_positives = int(cfg.positive_fraction * batch)
-    positives = _subsample(inside_labels, 1, max_positives, generator)
-    _subsample(inside_labels, 0, batch - positives, generator)
+    inside_labels[positives] = 1
+    inside_labels[negatives] = 0
 
     labels[inside] = inside_labels
-    if matched_gt is not None:
+    if gt_boxes.shape[0] > 0 and positives.numel() > 0:
         positive = inside_labels == 1
-        if positive.any():
-            rows = inside[positive]
-            targets[rows] = encode_boxes(inside_anchors[positive], gt_boxes[matched_gt[positive]])
+        rows = inside[positive]
+        targets[rows] = encode_boxes(inside_anchors[positive], gt_boxes[match.matched[positive]])
     return labels, targets
 
 
-def _subsample(
-    labels: Tensor, value: int, keep: int, generator: torch.Generator | None
-) -> int:
-    """Keep at most ``keep`` entries of ``labels == value`` (random, no replacement), set the
-    others to -1 in place; returns how many are left."""
-    candidates = torch.nonzero(labels == value).squeeze(1)
-    keep = max(keep, 0)
-    if candidates.numel() <= keep:
-        return int(candidates.numel())
-    perm_device = generator.device if generator is not None else torch.device("cpu")
-    order = torch.randperm(candidates.numel(), generator=generator, device=perm_device)
-    dropped = candidates[order[keep:].to(labels.device)]
-    labels[dropped] = -1
-    return keep
+def anchor_matcher(cfg: RPNConfig) -> Matcher:
+    """The RPN's rule: positive from ``positive_iou``, negative below ``negative_iou``, and each
+    gt's best anchor(s) positive."""
+    return Matcher(cfg.positive_iou, cfg.negative_iou, allow_low_quality_matches=True)
