@@ -1,13 +1,17 @@
-"""Checkpoints of a ``FasterRCNN``: one state dict per parameter group, config, training state.
+"""Checkpoints of a detector (``model.detector.Detector``: ``FasterRCNN`` or
+``OneStageDetector``): one state dict per parameter group, config, training state.
 
 File content (only plain types and tensors, so ``torch.load(weights_only=True)`` reads it)::
 
-    {"format": "frcnn/1",
+    {"format": "frcnn/1",                  # the kind's CHECKPOINT_FORMAT
      "config": DetectorConfig.to_dict(),
      "backbone_options": {...},            # keyword options the backbone was built with
-     "groups": {"shared": state_dict, "rpn": state_dict, "detector": state_dict},
+     "groups": {"shared": state_dict, "rpn": state_dict, "detector": state_dict},  # the kind's GROUPS
      "extra": {...},                       # caller's metadata (step name, metrics, ...)
-     "train_state": {...} | None}          # optimiser / RNG / iteration, for resuming
+     "train_state": {...} | None,          # optimiser / RNG / iteration, for resuming
+     "options": {...}}                     # only for kinds with constructor options (one-stage)
+
+Functions that read take ``kind``, the detector class expected (``FasterRCNN`` by default).
 
 Writes are atomic (temporary file in the same folder + ``os.replace``), so an
 interrupted save never leaves a truncated checkpoint where a good one was.
@@ -31,10 +35,11 @@ from torch import Tensor
 from model.atomic import atomic_torch_save
 from model.backbones.base import state_mismatch
 from model.config import DetectorConfig
+from model.detector import Detector
 from model.devices import resolve_device
 from model.faster_rcnn import FasterRCNN
 
-FORMAT = "frcnn/1"
+FORMAT = FasterRCNN.CHECKPOINT_FORMAT
 _TOP_KEYS = ("format", "config", "backbone_options", "groups", "extra", "train_state")
 # Settings that fix the shapes of the weights: two checkpoints that differ here cannot be mixed.
 _ARCHITECTURE_KEYS = ("backbone", "class_names", "anchors", "rpn")
@@ -46,14 +51,14 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(
     path: Path | str,
-    model: FasterRCNN,
+    model: Detector,
     extra: dict | None = None,
     train_state: dict | None = None,
 ) -> Path:
-    """Write ``model`` (all three groups) to ``path`` atomically; returns the path."""
+    """Write ``model`` (all its groups) to ``path`` atomically; returns the path."""
     path = Path(path)
     content = {
-        "format": FORMAT,
+        "format": model.CHECKPOINT_FORMAT,
         "config": model.cfg.to_dict(),
         "backbone_options": dict(model.backbone_options),
         "groups": {
@@ -63,6 +68,9 @@ def save_checkpoint(
         "extra": dict(extra or {}),
         "train_state": train_state,
     }
+    options = model.checkpoint_options()
+    if options:
+        content["options"] = dict(options)
     atomic_torch_save(content, path)
     return path
 
@@ -79,8 +87,10 @@ def check_finite(state: Mapping[str, Tensor], where: str) -> None:
                 )
 
 
-def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The validated raw content of a checkpoint file (see the module docstring).
+def read_checkpoint(
+    path: Path | str, map_location: str | torch.device = "cpu", kind: type = FasterRCNN
+) -> dict[str, Any]:
+    """The validated raw content of a ``kind`` checkpoint file (see the module docstring).
 
     The file is always read onto the CPU and then moved to ``map_location`` (checked
     first, :class:`~model.devices.DeviceError`): a device this machine lacks is then
@@ -97,9 +107,10 @@ def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"{path}: not a readable checkpoint (corrupt, truncated or not a torch file): {error}"
         ) from error
-    if not isinstance(content, dict) or content.get("format") != FORMAT:
+    expected = kind.CHECKPOINT_FORMAT
+    if not isinstance(content, dict) or content.get("format") != expected:
         found = content.get("format") if isinstance(content, dict) else type(content).__name__
-        raise CheckpointError(f"{path}: not a Faster R-CNN checkpoint (format {found!r}, expected {FORMAT!r})")
+        raise CheckpointError(f"{path}: not a {kind.KIND} checkpoint (format {found!r}, expected {expected!r})")
     missing = [k for k in _TOP_KEYS if k not in content]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}")
@@ -110,9 +121,9 @@ def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     if not isinstance(content["backbone_options"], dict):
         raise CheckpointError(f"{path}: backbone_options must be a mapping")
     groups = content["groups"]
-    if not isinstance(groups, dict) or set(groups) != set(FasterRCNN.GROUPS):
+    if not isinstance(groups, dict) or set(groups) != set(kind.GROUPS):
         found = sorted(groups) if isinstance(groups, dict) else type(groups).__name__
-        raise CheckpointError(f"{path}: checkpoint groups are {found}, expected {list(FasterRCNN.GROUPS)}")
+        raise CheckpointError(f"{path}: checkpoint groups are {found}, expected {list(kind.GROUPS)}")
     for name, state in groups.items():
         if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
@@ -125,6 +136,8 @@ def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: 'extra' must be a mapping")
     if content["train_state"] is not None and not isinstance(content["train_state"], dict):
         raise CheckpointError(f"{path}: 'train_state' must be a mapping or None")
+    if not isinstance(content.get("options", {}), dict):
+        raise CheckpointError(f"{path}: 'options' must be a mapping")
     return content
 
 
@@ -134,7 +147,7 @@ def checkpoint_config(content: Mapping[str, Any]) -> DetectorConfig:
 
 
 def load_group_state(
-    model: FasterRCNN, group: str, state: Mapping[str, Tensor], source: Path | str
+    model: Detector, group: str, state: Mapping[str, Tensor], source: Path | str
 ) -> None:
     """Load one group's state dict, requiring the same keys and shapes; errors name ``source``."""
     module = model.group_modules()[group]
@@ -147,16 +160,18 @@ def load_group_state(
     module.load_state_dict(dict(state), strict=True)
 
 
-def build_from_content(content: Mapping[str, Any], source: Path | str) -> FasterRCNN:
-    """A model with the checkpoint's architecture and every group's weights from ``content``."""
+def build_from_content(content: Mapping[str, Any], source: Path | str, kind: type = FasterRCNN) -> Detector:
+    """A ``kind`` model with the checkpoint's architecture and every group's weights from ``content``."""
     cfg = checkpoint_config(content)
     # The weights come from the file: do not fetch pretrained ones (may be offline).
     try:
-        model = FasterRCNN(dataclasses.replace(cfg, pretrained=False), dict(content["backbone_options"]))
+        model = kind.from_checkpoint_parts(
+            dataclasses.replace(cfg, pretrained=False), dict(content["backbone_options"]), dict(content.get("options", {}))
+        )
     except (ValueError, TypeError, KeyError) as error:
         raise CheckpointError(f"{source}: cannot build the checkpoint's architecture: {error}") from error
     model.cfg = cfg  # keep the stored config as it was (pretrained flag included)
-    for group in FasterRCNN.GROUPS:
+    for group in kind.GROUPS:
         load_group_state(model, group, content["groups"][group], source)
     return model
 
@@ -183,8 +198,9 @@ def load_checkpoint(
     expected_backbone: str | None = None,
     map_location: str | torch.device = "cpu",
     expected_classes: Sequence[str] | None = None,
-) -> tuple[FasterRCNN, dict]:
-    """Rebuild the model saved in ``path``; returns ``(model, extra)``.
+    kind: type = FasterRCNN,
+) -> tuple[Detector, dict]:
+    """Rebuild the ``kind`` model saved in ``path``; returns ``(model, extra)``.
 
     Refuses (``CheckpointError`` naming the file) a missing, corrupt or truncated file, a
     file that is not a checkpoint, one for another backbone or class list than expected,
@@ -192,9 +208,9 @@ def load_checkpoint(
     config describes; a ``map_location`` this machine lacks is a ``DeviceError``.
     """
     device = resolve_device(map_location, "map_location")
-    content = read_checkpoint(path)
+    content = read_checkpoint(path, kind=kind)
     _check_expected(checkpoint_config(content), path, expected_backbone, expected_classes)
-    model = build_from_content(content, path)
+    model = build_from_content(content, path, kind)
     model.to(device)
     return model, dict(content["extra"])
 

@@ -18,15 +18,17 @@ detector (``set_trainable``). Parameters under the backbone's ``never_train`` pr
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.backbones import build_backbone
-from model.config import DetectorConfig, ProposalConfig
+from model.config import DetectorConfig, ProposalConfig, TestConfig
 from model.detections import Detections
+from model.detector import ParameterGroups, evaluating
+from model.batching import pad_images
 from model.roi import DetectorHead, detector_loss, postprocess_detections, sample_rois
 from model.rpn.network import RegionProposalNetwork
 from model.timing import NO_TIMER, PhaseTimer
@@ -36,10 +38,13 @@ from model.timing import NO_TIMER, PhaseTimer
 _LOSS_ONLY_PROPOSALS = ProposalConfig(pre_nms_top_n=1, post_nms_top_n=1, use_nms=False)
 
 
-class FasterRCNN(nn.Module):
-    """Faster R-CNN (Ren et al. 2015) for ``cfg.class_names`` (background excluded)."""
+class FasterRCNN(ParameterGroups, nn.Module):
+    """Faster R-CNN (Ren et al. 2015) for ``cfg.class_names`` (background excluded);
+    a ``model.detector.Detector``."""
 
     GROUPS = ("shared", "rpn", "detector")
+    CHECKPOINT_FORMAT = "frcnn/1"
+    KIND = "Faster R-CNN"
 
     def __init__(self, cfg: DetectorConfig, backbone_options: dict | None = None) -> None:
         super().__init__()
@@ -82,43 +87,12 @@ class FasterRCNN(nn.Module):
         """
         return {"shared": self.backbone.shared, "rpn": self.rpn, "detector": self.roi_head}
 
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Every parameter of the model in exactly one group (``never_train`` ones under shared)."""
-        return {name: list(module.parameters()) for name, module in self.group_modules().items()}
+    def checkpoint_options(self) -> dict:
+        return {}
 
-    def never_train_parameters(self) -> list[nn.Parameter]:
-        return [p for _, p in self.backbone.never_train_parameters()]
-
-    @property
-    def trainable_groups(self) -> frozenset[str]:
-        return self._trainable
-
-    def set_trainable(self, groups: Iterable[str]) -> None:
-        """Train exactly ``groups``; freeze the rest (and ``never_train`` always).
-
-        Frozen groups are also kept in eval mode (see ``train``) so that a frozen
-        detector's dropout or a frozen trunk's drop-connect does not act on them.
-        """
-        wanted = frozenset(groups)
-        unknown = wanted - set(self.GROUPS)
-        if unknown:
-            raise ValueError(f"unknown parameter group(s) {sorted(unknown)}; groups are {self.GROUPS}")
-        self._trainable = wanted
-        for name, module in self.group_modules().items():
-            for p in module.parameters():
-                p.requires_grad_(name in wanted)
-        for p in self.never_train_parameters():
-            p.requires_grad_(False)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> "FasterRCNN":
-        """``nn.Module.train`` that leaves frozen groups in eval mode."""
-        super().train(mode)
-        if mode:
-            for name, module in self.group_modules().items():
-                if name not in self._trainable:
-                    module.eval()
-        return self
+    @classmethod
+    def from_checkpoint_parts(cls, cfg: DetectorConfig, backbone_options: dict, options: dict) -> "FasterRCNN":
+        return cls(cfg, backbone_options)
 
     # ----------------------------------------------------------------- forward
     def features(self, image: Tensor) -> Tensor:
@@ -223,6 +197,143 @@ class FasterRCNN(nn.Module):
         terms = self._detector_terms(features, gt_boxes, gt_labels, out.proposals, generator)
         return out.losses, terms
 
+    # ----------------------------------------------------------- mini-batches
+    # Several images at once (B images, image i ``[3, h_i, w_i]``): one padded batch through
+    # the trunk, then the RPN and the RoI sampling image by image on their own part of the
+    # map, in batch order. One image gives exactly the per-image methods' numbers.
+    def features_batch(self, images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Features ``[B, C, Hf, Wf]`` of the padded batch and each image's ``(h_i, w_i)``."""
+        batch, sizes = pad_images(images, self.backbone.normalize)
+        return self.backbone.shared(batch), sizes
+
+    def _rpn_batch(
+        self,
+        features: Tensor,
+        sizes: Sequence[tuple[int, int]],
+        scales: Sequence[float],
+        proposal_cfg: ProposalConfig,
+        gt_boxes: Sequence[Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> list:
+        own = [self.backbone.feature_size(h, w) for h, w in sizes]
+        return self.rpn.forward_batch(features, sizes, own, scales, proposal_cfg, gt_boxes, generator)
+
+    def rpn_losses_batch(
+        self, images: Sequence[Tensor], gt_boxes: Sequence[Tensor], generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """``{"rpn_cls", "rpn_reg"}``: each image's loss over its own sampled anchors (about
+        1/256), averaged over the images, as one Caffe batch of the original."""
+        features, sizes = self.features_batch(images)
+        outputs = self._rpn_batch(
+            features, sizes, [1.0] * len(sizes), _LOSS_ONLY_PROPOSALS,
+            [g.to(features.device, features.dtype) for g in gt_boxes], generator,
+        )
+        return _mean_over_images([out.losses for out in outputs])
+
+    def detector_terms_batch(
+        self,
+        images: Sequence[Tensor],
+        gt_boxes: Sequence[Tensor],
+        gt_labels: Sequence[Tensor],
+        proposals: Sequence[Tensor],
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """``detector_terms`` of every sampled RoI of the batch, concatenated in image order
+        (the loss then averages over all RoIs of the batch), or None when no image gave one.
+        ``proposals`` ``[P_i, 4]`` per image, input pixels."""
+        features, _ = self.features_batch(images)
+        return self._detector_terms_batch(features, gt_boxes, gt_labels, proposals, generator)
+
+    def _detector_terms_batch(
+        self,
+        features: Tensor,
+        gt_boxes: Sequence[Tensor],
+        gt_labels: Sequence[Tensor],
+        proposals: Sequence[Tensor],
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        device, dtype = features.device, features.dtype
+        samples = [
+            sample_rois(p.to(device, dtype), g.to(device, dtype), lab.to(device), self.cfg.roi, generator)
+            for p, g, lab in zip(proposals, gt_boxes, gt_labels, strict=True)
+        ]
+        if all(sample.is_empty for sample in samples):
+            return None
+        logits, deltas = self.roi_head(features, [sample.rois for sample in samples])
+        labels = torch.cat([sample.labels for sample in samples])
+        targets = self.roi_head.normalize_targets(torch.cat([sample.targets for sample in samples]))
+        return logits, deltas, labels, targets
+
+    def joint_losses_batch(
+        self,
+        images: Sequence[Tensor],
+        gt_boxes: Sequence[Tensor],
+        gt_labels: Sequence[Tensor],
+        scales: Sequence[float],
+        generator: torch.Generator | None = None,
+    ) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor, Tensor, Tensor] | None]:
+        """``joint_losses`` over a batch: RPN losses averaged over the images, detector terms
+        of all the batch's RoIs (None when none was sampled)."""
+        features, sizes = self.features_batch(images)
+        gt_boxes = [g.to(features.device, features.dtype) for g in gt_boxes]
+        outputs = self._rpn_batch(features, sizes, scales, self.cfg.train_proposals, gt_boxes, generator)
+        terms = self._detector_terms_batch(
+            features, gt_boxes, gt_labels, [out.proposals for out in outputs], generator
+        )
+        return _mean_over_images([out.losses for out in outputs]), terms
+
+    def propose_batch(
+        self,
+        images: Sequence[Tensor],
+        scales: Sequence[float],
+        proposal_cfg: ProposalConfig | None = None,
+        generator: torch.Generator | None = None,
+    ) -> list[tuple[Tensor, Tensor]]:
+        """``propose`` for each image of the batch."""
+        cfg = proposal_cfg or self.cfg.test_proposals
+        with evaluating(self):
+            features, sizes = self.features_batch(images)
+            outputs = self._rpn_batch(features, sizes, scales, cfg, generator=generator)
+        return [(out.proposals / scale, out.scores) for out, scale in zip(outputs, scales)]
+
+    def detect_batch(
+        self,
+        images: Sequence[Tensor],
+        scales: Sequence[float],
+        proposals: Sequence[Tensor] | None = None,
+        *,
+        test_cfg: TestConfig | None = None,
+    ) -> list[Detections]:
+        """``detect`` for each image of the batch; ``proposals`` one ``[P_i, 4]`` per image."""
+        if proposals is not None and len(proposals) != len(images):
+            raise ValueError(f"proposals must hold one [P, 4] tensor per image, got {len(proposals)} for {len(images)}")
+        with evaluating(self):
+            features, sizes = self.features_batch(images)
+            if proposals is None:
+                outputs = self._rpn_batch(features, sizes, scales, self.cfg.test_proposals)
+                rois = [out.proposals for out in outputs]
+            else:
+                rois = []
+                for boxes, scale in zip(proposals, scales):
+                    if boxes.dim() != 2 or boxes.shape[1] != 4:
+                        raise ValueError(f"proposals must be [P, 4], got {tuple(boxes.shape)}")
+                    rois.append(boxes.to(features.device, features.dtype) * scale)
+            counts = [r.shape[0] for r in rois]
+            if sum(counts) == 0:
+                return [Detections.empty() for _ in images]
+            logits, deltas = self.roi_head(features, rois)
+            probs = F.softmax(logits, dim=1)
+            deltas = self.roi_head.unnormalize_deltas(deltas)
+            results = []
+            for (height, width), scale, r, p, d in zip(
+                sizes, scales, rois, probs.split(counts), deltas.split(counts)
+            ):
+                if r.shape[0] == 0:
+                    results.append(Detections.empty())
+                else:
+                    results.append(postprocess_detections(r, p, d, height, width, scale, test_cfg or self.cfg.test))
+            return results
+
     # --------------------------------------------------------------- inference
     def propose(
         self,
@@ -237,7 +348,7 @@ class FasterRCNN(nn.Module):
         ranking (None: torch's global generator). Runs in eval mode, no grad.
         """
         cfg = proposal_cfg or self.cfg.test_proposals
-        with _evaluating(self):
+        with evaluating(self):
             features = self.features(image)
             out = self.rpn(features, int(image.shape[1]), int(image.shape[2]), scale, cfg, generator=generator)
         return out.proposals / scale, out.scores
@@ -249,19 +360,20 @@ class FasterRCNN(nn.Module):
         proposals: Tensor | None = None,
         *,
         proposal_cfg: ProposalConfig | None = None,
+        test_cfg: TestConfig | None = None,
         timer: PhaseTimer | None = None,
     ) -> Detections:
         """Detections of one image in original-image pixels.
 
         ``proposals`` ``[P, 4]`` in original-image pixels replace the RPN's (selective
         search, random or cached boxes for the ablations); None uses the model's own RPN
-        with ``proposal_cfg`` (default ``cfg.test_proposals``). ``timer`` (a
-        ``model.timing.PhaseTimer``) is billed the paper's Table-5 phases: "conv",
-        "proposal", "region". Runs in eval mode, no grad.
+        with ``proposal_cfg`` (default ``cfg.test_proposals``). ``test_cfg`` replaces
+        ``cfg.test``. ``timer`` (a ``model.timing.PhaseTimer``) is billed the paper's Table-5
+        phases: "conv", "proposal", "region". Runs in eval mode, no grad.
         """
         timer = timer or NO_TIMER
         height, width = int(image.shape[1]), int(image.shape[2])
-        with _evaluating(self):
+        with evaluating(self):
             with timer.phase("conv"):
                 features = self.features(image)
             with timer.phase("proposal"):
@@ -278,22 +390,11 @@ class FasterRCNN(nn.Module):
                 logits, deltas = self.roi_head(features, rois)
                 probs = F.softmax(logits, dim=1)
                 deltas = self.roi_head.unnormalize_deltas(deltas)
-                return postprocess_detections(rois, probs, deltas, height, width, scale, self.cfg.test)
+                return postprocess_detections(
+                    rois, probs, deltas, height, width, scale, test_cfg or self.cfg.test
+                )
 
 
-class _evaluating:
-    """Context: eval mode and no grad, restoring the previous mode (and frozen groups) after."""
-
-    def __init__(self, model: FasterRCNN) -> None:
-        self.model = model
-        self.was_training = model.training
-        self.no_grad = torch.no_grad()
-
-    def __enter__(self) -> None:
-        self.was_training = self.model.training
-        self.model.eval()
-        self.no_grad.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self.no_grad.__exit__(*exc)
-        self.model.train(self.was_training)
+def _mean_over_images(per_image: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Each loss term averaged over the images (each already averaged over its own samples)."""
+    return {k: sum(d[k] for d in per_image) / len(per_image) for k in per_image[0]}

@@ -5,7 +5,7 @@ Shapes: P proposals, D detections per image; all boxes in original-image pixels,
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -15,14 +15,21 @@ from model.config import ProposalConfig
 from model.data.images import load_image_rgb
 from model.data.records import DetectionDataset, ImageRecord
 from model.data.transforms import prepare_image
+from model.batching import chunks
 from model.detections import Detections
+from model.detector import Detector
 from model.faster_rcnn import FasterRCNN
 
 
-def _input(model: FasterRCNN, record: ImageRecord) -> tuple[Tensor, float]:
+def _input(model: Detector, record: ImageRecord) -> tuple[Tensor, float]:
     image, scale = prepare_image(load_image_rgb(record.path), model.cfg.min_size, model.cfg.max_size)
     device = next(model.parameters()).device
     return image.to(device), scale
+
+
+def _inputs(model: Detector, records: Sequence[ImageRecord]) -> tuple[list[Tensor], list[float]]:
+    pairs = [_input(model, record) for record in records]
+    return [image for image, _ in pairs], [scale for _, scale in pairs]
 
 
 def propose_dataset(
@@ -31,33 +38,39 @@ def propose_dataset(
     proposal_cfg: ProposalConfig | None = None,
     progress: bool = True,
     generator: torch.Generator | None = None,
+    batch_size: int = 1,
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """``image_id -> (boxes [P, 4], scores [P])`` on the CPU, in the RPN's rank order.
 
     ``proposal_cfg`` defaults to ``cfg.test_proposals``; for caching proposals to train a
     detector on, pass ``cfg.cache_proposals`` (all -> NMS -> 2000). With the default "score"
     ranking the order is by decreasing score; with "random" ranking it is the random rank,
-    drawn from ``generator`` (None: torch's global one).
+    drawn from ``generator`` (None: torch's global one). ``batch_size`` images go through
+    the trunk at once (one padded batch).
     """
     out: dict[str, tuple[Tensor, Tensor]] = {}
-    for record in tqdm(dataset.records, desc="proposals", disable=not progress, dynamic_ncols=True):
-        image, scale = _input(model, record)
-        boxes, scores = model.propose(image, scale, proposal_cfg, generator)
-        out[record.image_id] = (boxes.cpu(), scores.cpu())
+    with tqdm(total=len(dataset.records), desc="proposals", disable=not progress, dynamic_ncols=True) as bar:
+        for records in chunks(dataset.records, batch_size):
+            images, scales = _inputs(model, records)
+            for record, (boxes, scores) in zip(records, model.propose_batch(images, scales, proposal_cfg, generator)):
+                out[record.image_id] = (boxes.cpu(), scores.cpu())
+            bar.update(len(records))
     return out
 
 
 def detect_dataset(
-    model: FasterRCNN,
+    model: Detector,
     dataset: DetectionDataset,
     proposals: Mapping[str, Tensor | tuple[Tensor, Tensor]] | None = None,
     progress: bool = True,
+    batch_size: int = 1,
 ) -> dict[str, Detections]:
     """``image_id -> Detections`` (CPU tensors) for every image of ``dataset``.
 
-    ``proposals`` (``image_id -> [P, 4]`` original pixels, or ``(boxes, scores)``) replace
-    the model's own RPN, e.g. selective-search or cached boxes for the ablations; every
-    image must then have an entry.
+    ``model`` is any ``model.detector.Detector`` (two-stage or one-stage). ``proposals``
+    (``image_id -> [P, 4]`` original pixels, or ``(boxes, scores)``) replace a two-stage
+    model's own RPN, e.g. selective-search or cached boxes for the ablations; every image
+    must then have an entry. ``batch_size`` images go through the trunk at once.
     """
     if proposals is not None:
         missing = [r.image_id for r in dataset.records if r.image_id not in proposals]
@@ -67,12 +80,14 @@ def detect_dataset(
                 f"e.g. {missing[:5]}"
             )
     results: dict[str, Detections] = {}
-    for record in tqdm(dataset.records, desc="detect", disable=not progress, dynamic_ncols=True):
-        image, scale = _input(model, record)
-        boxes = None
-        if proposals is not None:
-            value = proposals[record.image_id]
-            boxes = value[0] if isinstance(value, (tuple, list)) else value
-        det = model.detect(image, scale, boxes)
-        results[record.image_id] = Detections(det.boxes.cpu(), det.scores.cpu(), det.labels.cpu())
+    with tqdm(total=len(dataset.records), desc="detect", disable=not progress, dynamic_ncols=True) as bar:
+        for records in chunks(dataset.records, batch_size):
+            images, scales = _inputs(model, records)
+            boxes = None
+            if proposals is not None:
+                values = [proposals[record.image_id] for record in records]
+                boxes = [v[0] if isinstance(v, (tuple, list)) else v for v in values]
+            for record, det in zip(records, model.detect_batch(images, scales, boxes)):
+                results[record.image_id] = Detections(det.boxes.cpu(), det.scores.cpu(), det.labels.cpu())
+            bar.update(len(records))
     return results

@@ -40,31 +40,28 @@ features ``[1, C, Hf, Wf]``; A anchors per position, N = Hf * Wf * A anchors in
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from model.anchors import generate_anchors, shift_anchors
-from model.atomic import atomic_torch_save
 from model.backbones import build_backbone
 from model.boxes import box_iou
-from model.checkpoint import check_finite
 from model.config import DetectorConfig, RPNConfig, TestConfig
 from model.data.records import DetectionDataset
-from model.data.transforms import load_training_sample
 from model.detections import Detections
-from model.devices import resolve_device
 from model.roi import detector_loss, postprocess_detections
-from model.training import ImageOrder, TrainSchedule, build_optimizer
+from model.training import TrainSchedule, load_batch, run_training
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.detector import ParameterGroups, evaluating
 from model.rpn.targets import anchor_matcher, label_anchors
 
-CHECKPOINT_FORMAT = "frcnn-one-stage/1"
+# /2: the groups layout of model.checkpoint (/1 was one flat state dict of its own).
+CHECKPOINT_FORMAT = "frcnn-one-stage/2"
 
 
 def one_stage_label_config(cfg: DetectorConfig) -> RPNConfig:
@@ -158,13 +155,18 @@ class OneStageHead(nn.Module):
         return logits, deltas
 
 
-class OneStageDetector(nn.Module):
-    """OverFeat-style one-stage detector over a backbone's shared convs (see the module doc).
+class OneStageDetector(ParameterGroups, nn.Module):
+    """OverFeat-style one-stage detector over a backbone's shared convs (see the module doc);
+    a ``model.detector.Detector`` with groups ``shared`` (the trunk) and ``head``.
 
     Uses from ``cfg``: ``class_names``, ``backbone``, ``pretrained``, ``anchors``,
     ``rpn.mid_channels`` and ``rpn.allowed_border``, ``roi`` (labelling, sampling, loss,
     target normalisation) and ``test``. ``label_cfg`` replaces the anchor-labelling rule.
     """
+
+    GROUPS = ("shared", "head")
+    CHECKPOINT_FORMAT = CHECKPOINT_FORMAT
+    KIND = "one-stage"
 
     def __init__(
         self,
@@ -187,9 +189,24 @@ class OneStageDetector(nn.Module):
         self.head = OneStageHead(self.backbone.feature_channels, mid_channels, reference.shape[0], cfg.num_classes)
         self.register_buffer("target_means", torch.tensor(cfg.roi.target_means, dtype=torch.float32), persistent=False)
         self.register_buffer("target_stds", torch.tensor(cfg.roi.target_stds, dtype=torch.float32), persistent=False)
-        for _, param in self.backbone.never_train_parameters():
-            param.requires_grad_(False)
+        self._trainable = frozenset(self.GROUPS)
+        self.set_trainable(self.GROUPS)
 
+    # ------------------------------------------------------------- Detector protocol
+    def group_modules(self) -> dict[str, nn.Module]:
+        return {"shared": self.backbone.shared, "head": self.head}
+
+    def checkpoint_options(self) -> dict[str, Any]:
+        return {"label_cfg": dataclasses.asdict(self.label_cfg)}
+
+    @classmethod
+    def from_checkpoint_parts(
+        cls, cfg: DetectorConfig, backbone_options: dict, options: dict[str, Any]
+    ) -> "OneStageDetector":
+        label_cfg = options.get("label_cfg")
+        return cls(cfg, backbone_options, RPNConfig(**label_cfg) if label_cfg is not None else None)
+
+    # ----------------------------------------------------------------------- forward
     def features(self, image: Tensor) -> Tensor:
         """Shared conv features ``[1, C, Hf, Wf]`` of one image ``[3, h, w]`` (RGB 0..255)."""
         if image.dim() != 3 or image.shape[0] != 3:
@@ -235,12 +252,19 @@ class OneStageDetector(nn.Module):
         """``{"one_stage_cls", "one_stage_reg"}`` for one image (see ``loss_terms``)."""
         return _named(detector_loss(*self.loss_terms(image, gt_boxes, gt_labels, generator), sigma=self.label_cfg.sigma))
 
-    @torch.no_grad()
-    def detect(self, image: Tensor, scale: float, test_cfg: TestConfig | None = None) -> Detections:
-        """Detections of one image in original-image pixels; every anchor is a candidate window."""
-        was_training = self.training
-        self.eval()
-        try:
+    def detect(
+        self,
+        image: Tensor,
+        scale: float,
+        proposals: Tensor | None = None,
+        *,
+        test_cfg: TestConfig | None = None,
+    ) -> Detections:
+        """Detections of one image in original-image pixels; every anchor is a candidate
+        window, so ``proposals`` must be None (a one-stage detector has no proposal stage)."""
+        if proposals is not None:
+            raise ValueError("the one-stage detector scores its own dense windows: it takes no proposals")
+        with evaluating(self):
             anchors, logits, deltas = self(image)
             probs = F.softmax(logits, dim=1)
             columns = deltas.shape[1] // 4
@@ -248,8 +272,19 @@ class OneStageDetector(nn.Module):
             return postprocess_detections(
                 anchors, probs, raw, int(image.shape[1]), int(image.shape[2]), scale, test_cfg or self.cfg.test
             )
-        finally:
-            self.train(was_training)
+
+    def detect_batch(
+        self,
+        images: Sequence[Tensor],
+        scales: Sequence[float],
+        proposals: Sequence[Tensor] | None = None,
+        *,
+        test_cfg: TestConfig | None = None,
+    ) -> list[Detections]:
+        """``detect`` of each image (image by image: the dense head is the whole cost)."""
+        if proposals is not None:
+            raise ValueError("the one-stage detector scores its own dense windows: it takes no proposals")
+        return [self.detect(image, scale, test_cfg=test_cfg) for image, scale in zip(images, scales, strict=True)]
 
 
 def _named(losses: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -261,112 +296,48 @@ def train_one_stage(
     model: OneStageDetector,
     dataset: DetectionDataset,
     schedule: TrainSchedule,
+    checkpoint_path: Path | str | None = None,
     *,
+    resume: bool = True,
     progress: bool = True,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
+    extra: dict | None = None,
 ) -> list[dict[str, float]]:
-    """SGD on ``dataset`` as the detector steps train (a small loop: ``model.training``'s is
-    built around ``FasterRCNN`` and its checkpoint groups); returns per-iteration
-    ``{"one_stage_cls", "one_stage_reg", "total", "lr"}``.
+    """SGD on ``dataset`` through ``model.training``'s loop, as the detector steps train;
+    returns per-iteration ``{"one_stage_cls", "one_stage_reg", "total", "lr"}``.
 
-    ``schedule`` is the detector steps' ``TrainSchedule``: the paper's optimiser (momentum,
-    weight decay, biases at ``bias_lr_factor`` times the rate), its learning rate
-    (``schedule.learning_rate``: steps and warm-up), ``ims_per_batch`` images (None: 2) and
-    their mirror images if ``flip``, in a seeded shuffled order reshuffled each pass, the
-    loss averaged over the sampled windows of the whole batch. ``checkpoint_every`` is
-    unused: this loop keeps no in-progress checkpoint. Deterministic on the CPU for a given
-    ``schedule.seed``. Raises ``FloatingPointError`` on a non-finite loss.
+    ``schedule`` is the detector steps' ``TrainSchedule``: the paper's optimiser, its learning
+    rate (steps and warm-up), ``ims_per_batch`` images (None: 2) and their mirror images if
+    ``flip`` in a seeded shuffled order, the loss averaged over the sampled windows of the
+    whole batch. With ``checkpoint_path`` a checkpoint (``model.checkpoint``) is written every
+    ``checkpoint_every`` iterations and, with ``resume``, an interrupted run continues from it
+    to the same weights as a straight run. Raises ``TrainingDiverged`` on a non-finite loss.
     """
-    iterations = schedule.iterations
-    ims_per_batch = schedule.ims_per_batch or 2
     if not dataset.records:
         raise ValueError(f"{dataset.root}: the dataset has no images")
     cfg = model.cfg
-    device = next(model.parameters()).device
-    optimizer = build_optimizer(model, schedule)
-    order = ImageOrder(len(dataset.records), schedule.flip, schedule.seed)
-    generator = torch.Generator().manual_seed(schedule.seed)
-    history: list[dict[str, float]] = []
-    model.train()
-    with tqdm(total=iterations, disable=not progress, desc="train one-stage", dynamic_ncols=True) as bar:
-        for iteration in range(iterations):
-            rate = schedule.learning_rate(iteration)
-            for group in optimizer.param_groups:
-                group["lr"] = rate * group["lr_factor"]
-            parts = []
-            for _ in range(ims_per_batch):
-                index, flipped = order.next()
-                image, gt_boxes, gt_labels, _ = load_training_sample(
-                    dataset.records[index], cfg.class_names, cfg.min_size, cfg.max_size, flipped
-                )
-                parts.append(model.loss_terms(image.to(device), gt_boxes, gt_labels, generator))
-            logits, deltas, labels, targets = (torch.cat(t) for t in zip(*parts))
-            losses = _named(detector_loss(logits, deltas, labels, targets, sigma=model.label_cfg.sigma))
-            total = losses["one_stage_cls"] + losses["one_stage_reg"]
-            values = {k: float(v.detach()) for k, v in losses.items()}
-            values["total"] = float(total.detach())
-            if not all(math.isfinite(v) for v in values.values()):
-                raise FloatingPointError(f"one-stage training diverged at iteration {iteration + 1}: {values}")
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            values["lr"] = rate
-            history.append(values)
-            bar.update(1)
-            if on_log is not None:
-                on_log(iteration + 1, dict(values))
-    model.eval()
-    return history
+
+    def batch_losses(batch, generator: torch.Generator, device: torch.device) -> dict[str, Tensor]:
+        images, gt_boxes, gt_labels, _ = load_batch(batch, cfg, device)
+        parts = [model.loss_terms(i, b, lab, generator) for i, b, lab in zip(images, gt_boxes, gt_labels)]
+        logits, deltas, labels, targets = (torch.cat(t) for t in zip(*parts))
+        return _named(detector_loss(logits, deltas, labels, targets, sigma=model.label_cfg.sigma))
+
+    return run_training(
+        model, "one_stage", list(dataset.records), schedule, schedule.ims_per_batch or 2,
+        None if checkpoint_path is None else Path(checkpoint_path), model.GROUPS, resume, progress, on_log,
+        batch_losses, extra,
+    )
 
 
 # ----------------------------------------------------------------------------- files
 def save_one_stage(path: Path | str, model: OneStageDetector, extra: dict[str, Any] | None = None) -> None:
-    """Config + weights in one file, written atomically, readable with ``weights_only=True``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    content = {
-        "format": CHECKPOINT_FORMAT,
-        "config": model.cfg.to_dict(),
-        "backbone_options": dict(model.backbone_options),
-        "label_cfg": dataclasses.asdict(model.label_cfg),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "extra": dict(extra or {}),
-    }
-    atomic_torch_save(content, path)
+    """``model.checkpoint.save_checkpoint`` (groups, config, label rule), atomic, ``weights_only``-safe."""
+    save_checkpoint(path, model, extra=extra)
 
 
 def load_one_stage(path: Path | str, map_location: str | torch.device = "cpu") -> OneStageDetector:
-    """Inverse of ``save_one_stage`` onto ``map_location``; errors name the file (or the device) and the problem.
-
-    Read on the CPU, so that a device this machine lacks is a ``DeviceError``, not "unreadable";
-    non-finite weights are refused (``CheckpointError``).
-    """
-    path = Path(path)
-    device = resolve_device(map_location, "map_location")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: one-stage checkpoint not found") from None
-    except Exception as exc:  # unpickling errors come in many types
-        raise ValueError(f"{path}: not a readable one-stage checkpoint ({exc})") from exc
-    if not isinstance(content, dict) or content.get("format") != CHECKPOINT_FORMAT:
-        found = content.get("format") if isinstance(content, dict) else type(content).__name__
-        raise ValueError(f"{path}: not a one-stage checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
-    cfg = DetectorConfig.from_dict(content["config"])
-    model = OneStageDetector(
-        dataclasses.replace(cfg, pretrained=False),
-        dict(content["backbone_options"]),
-        RPNConfig(**content["label_cfg"]),
-    )
-    model.cfg = cfg
-    state = content["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path}: 'state_dict' is not a state dict of tensors")
-    check_finite(state, f"{path}:")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit the one-stage detector ({exc})") from exc
-    model.to(device)
+    """Inverse of ``save_one_stage``; errors (``CheckpointError``, a ``ValueError``) name the file."""
+    model, _ = load_checkpoint(path, map_location=map_location, kind=OneStageDetector)
     model.eval()
     return model

@@ -10,7 +10,9 @@ What follows the original (py-faster-rcnn's solvers and prototxts):
 - a "multistep" schedule by iteration: ``lr = base_lr * gamma ** (#steps <= iteration)``
   with the iteration counted from 0;
 - one image per RPN iteration, two per detector iteration with the loss averaged over the
-  RoIs of both (128 = 2 x 64), as one Caffe batch does;
+  RoIs of both (128 = 2 x 64), as one Caffe batch does (``ims_per_batch`` changes it); the
+  images of an iteration go through the trunk as one padded batch, the RPN loss is each
+  image's (over its sampled anchors) averaged over the images;
 - the training images plus their mirror images (``flip``) in a shuffled order, reshuffled
   each pass; images without any usable sample are dropped first (``filter_roidb``):
   for the RPN images without a non-difficult object, for the detector images where
@@ -49,6 +51,8 @@ from model.boxes import box_iou, encode_boxes
 from model.checkpoint import CheckpointError, load_group_state, read_checkpoint, save_checkpoint
 from model.data.records import DetectionDataset, ImageRecord
 from model.data.transforms import compute_scale, flip_boxes, load_training_sample, record_boxes_labels
+from model.config import DetectorConfig
+from model.detector import Detector
 from model.faster_rcnn import FasterRCNN
 from model.roi import detector_loss
 from model.roi.sampling import roi_matcher
@@ -137,13 +141,10 @@ def train_rpn(
         raise ValueError(f"{dataset.root}: no training image has a non-difficult object")
 
     def batch_losses(batch: list[tuple[ImageRecord, bool]], generator: torch.Generator, device: torch.device):
-        per_image = []
-        for record, flip in batch:
-            image, gt_boxes, _, _ = load_training_sample(record, cfg.class_names, cfg.min_size, cfg.max_size, flip)
-            per_image.append(model.rpn_losses(image.to(device), gt_boxes.to(device), generator))
-        return {k: sum(d[k] for d in per_image) / len(per_image) for k in per_image[0]}
+        images, gt_boxes, _, _ = load_batch(batch, cfg, device)
+        return model.rpn_losses_batch(images, gt_boxes, generator)
 
-    return _train(
+    return run_training(
         model, "rpn", records, schedule, schedule.ims_per_batch or 1, Path(checkpoint_path),
         trainable_groups, resume, progress, on_log, batch_losses, extra,
     )
@@ -178,25 +179,19 @@ def train_detector(
         model.roi_head.set_target_stats(means, stds)
 
     def batch_losses(batch: list[tuple[ImageRecord, bool]], generator: torch.Generator, device: torch.device):
-        parts = []
-        for record, flip in batch:
-            image, gt_boxes, gt_labels, scale = load_training_sample(
-                record, cfg.class_names, cfg.min_size, cfg.max_size, flip
-            )
+        images, gt_boxes, gt_labels, scales = load_batch(batch, cfg, device)
+        proposals = []
+        for (record, flip), scale in zip(batch, scales):
             boxes = boxes_of[record.image_id]
-            if flip:
-                boxes = flip_boxes(boxes, record.width)
-            terms = model.detector_terms(image.to(device), gt_boxes, gt_labels, boxes * scale, generator)
-            if terms is not None:
-                parts.append(terms)
-        if not parts:
+            proposals.append((flip_boxes(boxes, record.width) if flip else boxes) * scale)
+        terms = model.detector_terms_batch(images, gt_boxes, gt_labels, proposals, generator)
+        if terms is None:
             ids = [record.image_id for record, _ in batch]
             raise RuntimeError(f"no RoI could be sampled from images {ids}")
         # One loss over all RoIs of the batch, as one Caffe batch of 2 x 64 RoIs.
-        logits, deltas, labels, targets = (torch.cat(t) for t in zip(*parts))
-        return detector_loss(logits, deltas, labels, targets, sigma=cfg.roi.sigma)
+        return detector_loss(*terms, sigma=cfg.roi.sigma)
 
-    return _train(
+    return run_training(
         model, "detector", records, schedule, schedule.ims_per_batch or 2, Path(checkpoint_path),
         trainable_groups, resume, progress, on_log, batch_losses, extra,
     )
@@ -242,6 +237,23 @@ def box_target_stats(
 
 
 # --------------------------------------------------------------------------- helpers
+def load_batch(
+    batch: Sequence[tuple[ImageRecord, bool]], cfg: DetectorConfig, device: torch.device
+) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[float]]:
+    """Each ``(record, flipped)`` resized the training way: images ``[3, h_i, w_i]`` on
+    ``device``, gt boxes ``[G_i, 4]`` (input pixels) and labels ``[G_i]``, scales."""
+    images, boxes, labels, scales = [], [], [], []
+    for record, flip in batch:
+        image, gt_boxes, gt_labels, scale = load_training_sample(
+            record, cfg.class_names, cfg.min_size, cfg.max_size, flip
+        )
+        images.append(image.to(device))
+        boxes.append(gt_boxes)
+        labels.append(gt_labels)
+        scales.append(scale)
+    return images, boxes, labels, scales
+
+
 def _proposal_boxes(
     dataset: DetectionDataset, proposals: Mapping[str, Tensor | tuple[Tensor, Tensor]]
 ) -> dict[str, Tensor]:
@@ -362,13 +374,13 @@ def _check_resumable(path: Path, train_state: Mapping[str, Any] | None, step: st
         )
 
 
-def _train(
-    model: FasterRCNN,
+def run_training(
+    model: Detector,
     step: str,
     records: list[ImageRecord],
     schedule: TrainSchedule,
     ims_per_batch: int,
-    checkpoint_path: Path,
+    checkpoint_path: Path | None,
     trainable_groups: Iterable[str],
     resume: bool,
     progress: bool,
@@ -376,7 +388,9 @@ def _train(
     batch_losses: Callable[[list[tuple[ImageRecord, bool]], torch.Generator, torch.device], dict[str, Tensor]],
     extra: dict | None,
 ) -> list[dict[str, float]]:
-    """The SGD loop shared by both kinds of step."""
+    """The SGD loop shared by every training step of every detector kind.
+
+    ``checkpoint_path`` None keeps no checkpoint (nothing to resume from)."""
     device = next(model.parameters()).device
     model.set_trainable(trainable_groups)
     model.train()
@@ -390,8 +404,8 @@ def _train(
 
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(schedule.seed)
-        if resume and checkpoint_path.exists():
-            content = read_checkpoint(checkpoint_path)
+        if resume and checkpoint_path is not None and checkpoint_path.exists():
+            content = read_checkpoint(checkpoint_path, kind=type(model))
             state = content["train_state"]
             _check_resumable(checkpoint_path, state, step, schedule)
             for group in model.GROUPS:
@@ -404,6 +418,8 @@ def _train(
             start = int(state["iteration"])
 
         def save(done: int, last: dict[str, float]) -> None:
+            if checkpoint_path is None:
+                return
             if not _all_finite(trained):
                 raise TrainingDiverged(
                     f"{step} training diverged by iteration {done}: non-finite weights; "

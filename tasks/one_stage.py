@@ -6,12 +6,15 @@ R-CNN), from ImageNet weights as ``model.pretrained`` says and fresh head layers
 from ``pipeline.init_seed``. It scores itself on the test split (VOC mAP, per-class AP,
 COCO AP); the ``ablation@one_stage`` row re-reads the checkpoint.
 
-Not resumable: a killed run starts over (a few minutes on the CPU default).
+Trains through ``model.training``'s loop like the four steps: the in-progress checkpoint lives
+under ``outputs/.resume`` (``tasks.resume``), so a killed run resumes from its last saved
+iteration and continues the same MLflow run.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -24,7 +27,8 @@ from tasks.atomic import write_json
 from tasks.data import load_split, read_classes, read_manifest
 from tasks.evaluate import evaluate_detector
 from tasks.params import dataclass_from, get, with_settings
-from tasks.train import loss_summary
+from tasks.resume import resume_files
+from tasks.train import loss_summary, saved_progress
 from tasks.weights import device, initial_config, seeded
 
 STAGE = "one_stage"
@@ -43,13 +47,17 @@ def build(params: Mapping[str, Any]) -> OneStageDetector:
     return seeded(params, lambda: OneStageDetector(cfg, options))
 
 
-def train_and_score(params: Mapping[str, Any], on_log: Any = None, progress: bool = True) -> dict[str, Any]:
+def train_and_score(
+    params: Mapping[str, Any], on_log: Any = None, progress: bool = True, checkpoint: Path | None = None
+) -> dict[str, Any]:
+    """Train (resuming from ``checkpoint`` when it exists), score on the test split, save."""
     manifest = read_manifest()
     train_set = load_split("train", manifest)
     model = build(params).to(device())
     plan = schedule(params)
     started = time.monotonic()
-    history = train_one_stage(model, train_set, plan, progress=progress, on_log=on_log)
+    history = train_one_stage(model, train_set, plan, checkpoint, progress=progress, on_log=on_log,
+                              extra={"stage": STAGE})
     seconds = time.monotonic() - started
     plots.loss_curves(history, layout.plot(STAGE, "loss"), "one-stage detector: training losses")
     test_set = load_split("test", manifest)
@@ -70,11 +78,19 @@ def one_stage_task(params: dict[str, Any]) -> dict[str, Any]:
     """Prefect task: train and score the one-stage detector; losses and metrics to MLflow."""
     from tasks.tracking import stage_run
 
-    with stage_run(STAGE, get(params, "tracking.experiment"), params, system_metrics=True) as run:
-        metrics = train_and_score(params, on_log=run.log_loss)
+    files = resume_files(STAGE, params, [layout.MANIFEST])
+    resumed_from, saved_history = saved_progress(files, OneStageDetector)
+    with stage_run(STAGE, get(params, "tracking.experiment"), params, system_metrics=True,
+                   resume_run_id=files.mlflow_run_id() if resumed_from else None) as run:
+        files.remember_run(run.run_id)
+        if resumed_from:
+            print(f"{STAGE}: resuming from iteration {resumed_from} ({files.checkpoint})")
+            run.backfill_losses(saved_history[:resumed_from])
+        metrics = train_and_score(params, on_log=run.log_loss, checkpoint=files.checkpoint)
         run.flush()
         run.log_metrics(metrics)
         run.log_artifact(layout.metrics(STAGE), "metrics")
         for name in ("loss", "pr"):
             run.log_artifact(layout.plot(STAGE, name), "plots")
+    files.clear()
     return metrics

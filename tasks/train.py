@@ -43,7 +43,7 @@ def _start_model(step: TrainingStep, params: Mapping[str, Any]) -> FasterRCNN:
     return model
 
 
-def _saved_progress(files: ResumeFiles) -> tuple[int, list[dict[str, float]]]:
+def saved_progress(files: ResumeFiles, kind: type = FasterRCNN) -> tuple[int, list[dict[str, float]]]:
     """Iteration and loss history saved in the in-progress checkpoint; ``(0, [])`` without one.
 
     An unreadable in-progress checkpoint is discarded (training then starts over).
@@ -51,7 +51,7 @@ def _saved_progress(files: ResumeFiles) -> tuple[int, list[dict[str, float]]]:
     if not files.checkpoint.exists():
         return 0, []
     try:
-        state = read_checkpoint(files.checkpoint)["train_state"] or {}
+        state = read_checkpoint(files.checkpoint, kind=kind)["train_state"] or {}
         return int(state.get("iteration", 0)), [dict(h) for h in state.get("history", [])]
     except (CheckpointError, ValueError, TypeError, KeyError):
         files.clear()
@@ -85,7 +85,7 @@ def run_step(stage: str, params: Mapping[str, Any], progress: bool = True) -> di
     schedule_key = f"train.{step.schedule}"
     schedule = dataclass_from(TrainSchedule, dict(get(params, schedule_key)), schedule_key)
     files = resume_files(stage, params, _inputs(step))
-    resumed_from, saved_history = _saved_progress(files)
+    resumed_from, saved_history = saved_progress(files)
     manifest = read_manifest()
     train_set = load_split("train", manifest)
 

@@ -161,7 +161,7 @@ def test_detect_returns_detections_in_original_pixels():
     image, _, _ = _image()
     scale = 0.5  # the input is the original at half size: original 640 x 512
     test_cfg = DetTestConfig(score_threshold=0.0, nms_threshold=0.3, max_detections_per_image=20)
-    dets = model.detect(image, scale, test_cfg)
+    dets = model.detect(image, scale, test_cfg=test_cfg)
     assert isinstance(dets, Detections)
     assert 0 < len(dets) <= 20
     assert dets.boxes.shape == (len(dets), 4) and dets.labels.dtype == torch.int64
@@ -208,8 +208,8 @@ def test_train_one_stage_is_deterministic_and_round_trips(tmp_path):
     save_one_stage(path, models[0])
     loaded = load_one_stage(path)
     image, _, _ = _image()
-    a = models[0].detect(image, 1.0, DetTestConfig(score_threshold=0.0))
-    b = loaded.detect(image, 1.0, DetTestConfig(score_threshold=0.0))
+    a = models[0].detect(image, 1.0, test_cfg=DetTestConfig(score_threshold=0.0))
+    b = loaded.detect(image, 1.0, test_cfg=DetTestConfig(score_threshold=0.0))
     torch.testing.assert_close(a.boxes, b.boxes)
     torch.testing.assert_close(a.scores, b.scores)
 

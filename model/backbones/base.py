@@ -5,6 +5,7 @@ p = ``pool_size``; feature maps ``[N, C, Hf, Wf]`` with Hf about H / 16.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -103,6 +104,25 @@ class Backbone(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """Convenience: ``shared(normalize(images))``, RGB 0..255 ``[N, 3, H, W]`` -> ``[N, C, Hf, Wf]``."""
         return self.shared(self.normalize(images))
+
+    def feature_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(Hf, Wf)`` that ``shared`` gives one ``height`` x ``width`` input, found by running a
+        copy of ``shared`` on the "meta" device (shapes only, no arithmetic); cached per size.
+
+        In a padded batch an image's own features are this top-left part of the batch's map.
+        """
+        cache = self.__dict__.setdefault("_feature_sizes", {})
+        key = (int(height), int(width))
+        if key not in cache:
+            meta = self.__dict__.get("_meta_shared")
+            if meta is None:
+                # Kept out of the module tree (no parameters, no state dict): a shape oracle.
+                meta = copy.deepcopy(self.shared).to("meta")
+                self.__dict__["_meta_shared"] = meta
+            with torch.no_grad():
+                out = meta(torch.empty((1, 3, *key), device="meta"))
+            cache[key] = (int(out.shape[2]), int(out.shape[3]))
+        return cache[key]
 
     def never_train_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """``(name inside shared, parameter)`` for every parameter under a ``never_train`` prefix."""

@@ -22,7 +22,7 @@ from model.config import RoIConfig
 
 
 class DetectorHead(nn.Module):
-    """Fast R-CNN head over one image's feature map.
+    """Fast R-CNN head over the feature maps of a batch (one image or several).
 
     ``top`` maps pooled features ``[R, C, p, p]`` to ``[R, D]`` (fc6/fc7 for ZF/VGG, the
     late EfficientNet blocks for Lite). ``cls_score``: Linear(D, K+1), init N(0, 0.01);
@@ -82,18 +82,27 @@ class DetectorHead(nn.Module):
         per_class = deltas.reshape(deltas.shape[0], -1, 4)
         return (per_class * self.target_stds + self.target_means).reshape(deltas.shape)
 
-    def pool(self, features: Tensor, rois: Tensor) -> Tensor:
-        """RoIPool (Caffe semantics: rounded corners, inclusive extent) -> ``[R, C, p, p]``."""
-        if features.dim() != 4 or features.shape[0] != 1:
-            raise ValueError(f"features must be one image's map [1, C, Hf, Wf], got {tuple(features.shape)}")
+    def pool(self, features: Tensor, rois: Tensor | Sequence[Tensor]) -> Tensor:
+        """RoIPool (Caffe semantics: rounded corners, inclusive extent) -> ``[R, C, p, p]``.
+
+        ``features`` ``[B, C, Hf, Wf]`` with ``rois`` one ``[R_i, 4]`` tensor per image (rows
+        of the result in that order), or ``[1, C, Hf, Wf]`` with one ``[R, 4]`` tensor.
+        """
+        per_image = [rois] if isinstance(rois, Tensor) else list(rois)
+        if features.dim() != 4 or features.shape[0] != len(per_image):
+            raise ValueError(
+                f"features must be [B, C, Hf, Wf] with B = {len(per_image)}, one RoI tensor per image (one image: [1, C, Hf, Wf]), "
+                f"got {tuple(features.shape)}"
+            )
         if features.shape[1] != self.feature_channels:
             raise ValueError(f"features have {features.shape[1]} channels, the head expects {self.feature_channels}")
-        if rois.dim() != 2 or rois.shape[1] != 4:
-            raise ValueError(f"rois must be [R, 4], got {tuple(rois.shape)}")
-        return roi_pool(features, [rois.to(features.dtype)], self.pool_size, self.spatial_scale)
+        for boxes in per_image:
+            if boxes.dim() != 2 or boxes.shape[1] != 4:
+                raise ValueError(f"rois must be [R, 4], got {tuple(boxes.shape)}")
+        return roi_pool(features, [b.to(features.dtype) for b in per_image], self.pool_size, self.spatial_scale)
 
-    def forward(self, features: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
-        """``features`` ``[1, C, Hf, Wf]``, ``rois`` ``[R, 4]`` in input pixels ->
-        class logits ``[R, K+1]`` and normalised box deltas ``[R, 4(K+1)]``."""
+    def forward(self, features: Tensor, rois: Tensor | Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """``features`` ``[B, C, Hf, Wf]``, ``rois`` in input pixels (see ``pool``) ->
+        class logits ``[R, K+1]`` and normalised box deltas ``[R, 4(K+1)]``, R all RoIs."""
         x = self.top(self.pool(features, rois))
         return self.cls_score(x), self.bbox_pred(x)
