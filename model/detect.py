@@ -1,12 +1,16 @@
-"""``python -m model.detect``: detect objects in one image with a trained checkpoint.
+"""``python -m model.detect``: detect objects in images with a trained checkpoint.
 
-Prints the detections as JSON, a list of ``{"class", "score", "box": [x1, y1, x2, y2]}``
-(0-based inclusive pixels of the original image), and with ``--out`` draws them, labelled,
-on a copy of the image. Bad input (checkpoint, image, or a ``--device`` this machine
-lacks) exits with status 2 and a message that names the file or the device. ``--onnx`` runs
-a graph written by ``python -m model.export`` with ONNX Runtime instead of a checkpoint with
-PyTorch (CPU). ``--checkpoint models:/NAME/VERSION`` loads a version of the MLflow Model
-Registry (``model.registry_uri``: the mlflow CLI downloads it; the library imports no mlflow).
+``--image`` takes one or more image files or folders (a folder's images, by name);
+``--batch-size`` images go through the network at once. For one image it prints the
+detections as JSON, a list of ``{"class", "score", "box": [x1, y1, x2, y2]}`` (0-based
+inclusive pixels of the original image), and ``--out FILE`` draws them, labelled, on a copy
+of the image; for several it prints ``{image path: that list}`` and ``--out`` is a folder
+that receives ``<image name>_detections.png`` per image. Bad input (checkpoint, image, or a
+``--device`` this machine lacks) exits with status 2 and a message that names the file or
+the device. ``--onnx`` runs a graph written by ``python -m model.export`` with ONNX Runtime
+instead of a checkpoint with PyTorch (CPU; one image at a time). ``--checkpoint
+models:/NAME/VERSION`` loads a version of the MLflow Model Registry (``model.registry_uri``:
+the mlflow CLI downloads it; the library imports no mlflow).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from model.batching import chunks
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.data.images import load_image_rgb
 from model.data.records import DatasetError
@@ -64,6 +69,23 @@ def draw_detections(image: np.ndarray, detections: Sequence[dict], class_names: 
     return canvas
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def image_paths(arguments: Sequence[Path]) -> list[Path]:
+    """The image files named by ``arguments``: files as given, folders' images sorted by name."""
+    paths: list[Path] = []
+    for argument in arguments:
+        if argument.is_dir():
+            found = sorted(p for p in argument.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DatasetError(f"{argument}: folder holds no image ({', '.join(IMAGE_SUFFIXES)})")
+            paths += found
+        else:
+            paths.append(argument)
+    return paths
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.detect", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -71,12 +93,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--checkpoint", type=Path, help="checkpoint written by training, or models:/NAME/VERSION (MLflow Model Registry)"
     )
     source.add_argument("--onnx", type=Path, help="ONNX graph written by python -m model.export (ONNX Runtime, CPU)")
-    parser.add_argument("--image", required=True, type=Path, help="image file to run on")
-    parser.add_argument("--out", type=Path, help="write the image with the detections drawn here")
+    parser.add_argument("--image", required=True, type=Path, nargs="+",
+                        help="image file(s) or folder(s) of images to run on")
+    parser.add_argument("--out", type=Path,
+                        help="one image: write it with the detections drawn here; several: a folder for them")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
     parser.add_argument("--score-threshold", type=float, default=0.5, help="lowest score reported (default 0.5)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     args = parser.parse_args(argv)
 
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     try:
         if args.onnx is not None:
             from model.export.runtime import OnnxDetector, OnnxModelError
@@ -85,25 +112,45 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runtime = OnnxDetector(args.onnx)
             except OnnxModelError as error:
                 raise CheckpointError(str(error)) from error
-            detect, info = runtime.detect, runtime.info
+            info = runtime.info
+
+            def detect_batch(images: list, scales: list) -> list[Detections]:
+                return [runtime.detect(image, scale) for image, scale in zip(images, scales)]
         else:
             device = resolve_device(args.device, "--device")
             with checkpoint_file(args.checkpoint) as path:
                 model, _ = load_checkpoint(path, map_location=device)
-            detect, info = (lambda image, scale: model.detect(image.to(device), scale)), model.cfg
-        image = load_image_rgb(args.image)
+            info = model.cfg
+
+            def detect_batch(images: list, scales: list) -> list[Detections]:
+                return model.detect_batch([image.to(device) for image in images], scales)
+        paths = image_paths(args.image)
     except (DeviceError, CheckpointError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    tensor, scale = prepare_image(image, info.min_size, info.max_size)
-    found = detections_to_json(detect(tensor, scale), info.class_names, args.score_threshold)
-    print(json.dumps(found, indent=2))
-    if args.out is not None:
+    results: dict[str, list[dict]] = {}
+    drawn: list[tuple[Path, Image.Image]] = []
+    for batch in chunks(paths, args.batch_size):
         try:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            draw_detections(image, found, info.class_names).save(args.out)
+            pixels = [load_image_rgb(path) for path in batch]
+        except DatasetError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        prepared = [prepare_image(image, info.min_size, info.max_size) for image in pixels]
+        detections = detect_batch([t for t, _ in prepared], [s for _, s in prepared])
+        for path, image, det in zip(batch, pixels, detections):
+            found = detections_to_json(det, info.class_names, args.score_threshold)
+            results[str(path)] = found
+            if args.out is not None:
+                target = args.out if len(paths) == 1 else args.out / f"{path.stem}_detections.png"
+                drawn.append((target, draw_detections(image, found, info.class_names)))
+    print(json.dumps(next(iter(results.values())) if len(paths) == 1 else results, indent=2))
+    for target, canvas in drawn:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            canvas.save(target)
         except (OSError, ValueError) as error:
-            print(f"error: cannot write {args.out}: {error}", file=sys.stderr)
+            print(f"error: cannot write {target}: {error}", file=sys.stderr)
             return 2
     return 0
 

@@ -94,3 +94,33 @@ def test_detections_to_json_threshold_and_order() -> None:
         {"class": "dog", "score": 0.9, "box": [2.0, 2.0, 5.0, 5.0]},
         {"class": "cat", "score": 0.6, "box": [1.0, 1.0, 3.0, 3.0]},
     ]
+
+
+def test_cli_takes_a_folder_in_batches(files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    checkpoint, image = files
+    folder = tmp_path / "images"
+    folder.mkdir()
+    sizes = {"a.png": (60, 80), "b.png": (50, 90), "c.png": (70, 70)}
+    for name, (h, w) in sizes.items():
+        pixels = np.random.default_rng(len(name) + h).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "drawn"
+    assert main(["--checkpoint", str(checkpoint), "--image", str(folder), str(image), "--batch-size", "2",
+                 "--out", str(out), "--score-threshold", "0.5"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert list(found) == [str(folder / n) for n in sorted(sizes)] + [str(image)]
+    for name, (h, w) in sizes.items():
+        assert found[str(folder / name)], f"no detection for {name}"
+        for d in found[str(folder / name)]:
+            x1, y1, x2, y2 = d["box"]
+            assert 0 <= x1 <= x2 < w and 0 <= y1 <= y2 < h  # each image's own size, not the batch's
+    assert sorted(p.name for p in out.iterdir()) == ["a_detections.png", "b_detections.png", "c_detections.png",
+                                                     "in_detections.png"]
+    # (Batched detections are not those of one image at a time: the trunk sees the padding
+    # near an image's right and bottom edges.)
+
+
+def test_cli_refuses_an_empty_folder(files: tuple[Path, Path], tmp_path: Path) -> None:
+    checkpoint, _ = files
+    assert main(["--checkpoint", str(checkpoint), "--image", str(tmp_path)]) == 2
