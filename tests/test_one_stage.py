@@ -223,3 +223,30 @@ def test_load_refuses_other_files(tmp_path):
     garbage.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="garbage.pt"):
         load_one_stage(garbage)
+
+
+def test_train_one_stage_resumes_through_the_shared_loop(tmp_path):
+    from model.checkpoint import read_checkpoint
+
+    dataset = _tiny_dataset(tmp_path)
+    schedule = TrainSchedule(iterations=4, base_lr=1e-3, seed=7, ims_per_batch=1, checkpoint_every=2)
+    torch.manual_seed(1)
+    straight = OneStageDetector(_cfg())
+    h_straight = train_one_stage(straight, dataset, schedule, tmp_path / "a.pt", progress=False)
+
+    def stop_at_3(iteration, _):
+        if iteration == 3:
+            raise KeyboardInterrupt
+
+    path = tmp_path / "b.pt"
+    torch.manual_seed(1)
+    with pytest.raises(KeyboardInterrupt):
+        train_one_stage(OneStageDetector(_cfg()), dataset, schedule, path, progress=False, on_log=stop_at_3)
+    assert read_checkpoint(path, kind=OneStageDetector)["train_state"]["iteration"] == 2
+    torch.manual_seed(2)  # another init: everything must come from the checkpoint
+    resumed = OneStageDetector(_cfg())
+    assert train_one_stage(resumed, dataset, schedule, path, progress=False) == h_straight
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    # The in-progress file is an ordinary checkpoint of the one-stage kind.
+    assert isinstance(load_one_stage(path), OneStageDetector)
