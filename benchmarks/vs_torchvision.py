@@ -16,10 +16,12 @@ with a binary cross-entropy on that one logit, and its ``min_size`` filter on pr
 1e-3 px (ours 16 px at the original scale).
 
 Inference: ms per image, from the original uint8 image to detections (our
-``prepare_image`` + ``detect``; torchvision's forward including its own resize).
+``prepare_image`` + ``detect_batch``; torchvision's forward including its own resize), on
+batches of ``--batch-size`` images (one padded batch through the trunk in both).
 Training: ms per step of approximate joint training on a batch of two images (RPN loss +
 detector loss on the RPN's 12000 -> 2000 proposals, 64 RoIs per image, backward, SGD step);
-ours runs ``FasterRCNN.joint_losses`` per image. The last line is
+ours runs ``FasterRCNN.joint_losses_batch`` (the two images as one padded batch through the
+trunk, as torchvision does). The last line is
 ``infer_ratio=R1 train_ratio=R2`` (ours / theirs; below 1 means ours is faster).
 
 ``--device cuda --amp`` times a GPU run under ``torch.autocast`` (float16); without CUDA it
@@ -227,23 +229,26 @@ def bench_inference(ours, theirs, images, args) -> tuple[float, float]:
     device = args.device
     cfg = ours.cfg
 
-    def run_ours(image: np.ndarray) -> None:
-        tensor, scale = prepare_image(image, cfg.min_size, cfg.max_size)
+    size = args.batch_size
+    batches = [[images[(i + j) % len(images)] for j in range(size)] for i in range(0, len(images), size)]
+
+    def run_ours(batch: list[np.ndarray]) -> None:
+        prepared = [prepare_image(image, cfg.min_size, cfg.max_size) for image in batch]
         with autocast(args):
-            ours.detect(tensor.to(device), scale)
+            ours.detect_batch([t.to(device) for t, _ in prepared], [s for _, s in prepared])
 
-    def run_theirs(image: np.ndarray) -> None:
-        tensor = torch.from_numpy(image).permute(2, 0, 1).float().to(device)
+    def run_theirs(batch: list[np.ndarray]) -> None:
+        tensors = [torch.from_numpy(image).permute(2, 0, 1).float().to(device) for image in batch]
         with torch.no_grad(), autocast(args):
-            theirs([tensor])
+            theirs(tensors)
 
-    run_ours(images[0])  # warm-up (allocations, anchor cache)
-    run_theirs(images[0])
+    run_ours(batches[0])  # warm-up (allocations, anchor cache)
+    run_theirs(batches[0])
     ours_ms, theirs_ms = [], []
     for _ in range(args.repeats):
-        for image in images:  # alternate, so load changes on a shared machine hit both alike
-            ours_ms.append(timed(lambda: run_ours(image), device))
-            theirs_ms.append(timed(lambda: run_theirs(image), device))
+        for batch in batches:  # alternate, so load changes on a shared machine hit both alike
+            ours_ms.append(timed(lambda: run_ours(batch), device) / size)
+            theirs_ms.append(timed(lambda: run_theirs(batch), device) / size)
     return statistics.median(ours_ms), statistics.median(theirs_ms)
 
 
@@ -264,16 +269,10 @@ def bench_training(ours, theirs, images, boxes, labels, args) -> tuple[float, fl
 
     def step_ours(batch) -> None:
         with autocast(args):
-            rpn_terms, det_parts = [], []
-            for i in batch:
-                image, gt, lab, scale = prepared[i]
-                rpn, det = ours.joint_losses(image, gt, lab, generator, scale)
-                rpn_terms.append(rpn)
-                if det is not None:
-                    det_parts.append(det)
-            losses = {k: sum(r[k] for r in rpn_terms) / len(rpn_terms) for k in rpn_terms[0]}
-            logits, deltas, roi_labels, targets = (torch.cat(t) for t in zip(*det_parts))
-            losses.update(detector_loss(logits, deltas, roi_labels, targets, sigma=cfg.roi.sigma))
+            image, gt, lab, scale = (list(t) for t in zip(*(prepared[i] for i in batch)))
+            losses, det = ours.joint_losses_batch(image, gt, lab, scale, generator)
+            losses = dict(losses)
+            losses.update(detector_loss(*det, sigma=cfg.roi.sigma))
             total = sum(losses.values())
         opt_ours.zero_grad(set_to_none=True)
         total.backward()
@@ -314,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per inference batch (default 1)")
     args = parser.parse_args(argv)
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
