@@ -2,7 +2,8 @@
 
 Shapes: one image per call, ``[3, h, w]`` RGB float 0..255 already resized by ``scale``
 (see ``model.data.transforms``); features ``[1, C, Hf, Wf]``; G gt boxes, P proposals,
-R sampled RoIs, K foreground classes.
+R sampled RoIs, K foreground classes. The ``*_batch`` methods take B such images as one
+padded batch (``model.batching``), features ``[B, C, Hf, Wf]``, and lists of per-image boxes.
 
 The paper's alternating training switches whole groups of layers on and off, so the
 model is split into three parameter groups, each saved as one state dict:
@@ -30,7 +31,7 @@ from model.detections import Detections
 from model.detector import ParameterGroups, evaluating
 from model.batching import pad_images
 from model.roi import DetectorHead, detector_loss, postprocess_detections, sample_rois
-from model.rpn.network import RegionProposalNetwork
+from model.rpn.network import RegionProposalNetwork, RPNOutput
 from model.timing import NO_TIMER, PhaseTimer
 
 # During the RPN steps the proposals are not used; the RPN still returns some, so ask
@@ -184,9 +185,9 @@ class FasterRCNN(ParameterGroups, nn.Module):
         """Approximate joint training (paper sec. 3.2, ii) for one image: one feature pass.
 
         The RPN's ``cfg.train_proposals`` (12000 -> 2000) feed the detector directly, not
-        differentiated through; ``scale`` (input / original) sets their minimum size. Returns the RPN losses and the detector terms (as
-        ``detector_terms``; None when no RoI was sampled). Not used by the four-step
-        training; here for comparisons with end-to-end implementations.
+        differentiated through; ``scale`` (input / original) sets their minimum size. Returns
+        the RPN losses and the detector terms (as ``detector_terms``; None when no RoI was
+        sampled). The per-image form of ``joint_losses_batch``, which ``model.joint`` trains with.
         """
         features = self.features(image)
         gt_boxes = gt_boxes.to(features.device, features.dtype)
@@ -206,7 +207,7 @@ class FasterRCNN(ParameterGroups, nn.Module):
         batch, sizes = pad_images(images, self.backbone.normalize)
         return self.backbone.shared(batch), sizes
 
-    def _rpn_batch(
+    def rpn_outputs_batch(
         self,
         features: Tensor,
         sizes: Sequence[tuple[int, int]],
@@ -214,7 +215,8 @@ class FasterRCNN(ParameterGroups, nn.Module):
         proposal_cfg: ProposalConfig,
         gt_boxes: Sequence[Tensor] | None = None,
         generator: torch.Generator | None = None,
-    ) -> list:
+    ) -> list[RPNOutput]:
+        """The RPN's ``RPNOutput`` per image of the batch (labels and losses with ``gt_boxes``)."""
         own = [self.backbone.feature_size(h, w) for h, w in sizes]
         return self.rpn.forward_batch(features, sizes, own, scales, proposal_cfg, gt_boxes, generator)
 
@@ -224,7 +226,7 @@ class FasterRCNN(ParameterGroups, nn.Module):
         """``{"rpn_cls", "rpn_reg"}``: each image's loss over its own sampled anchors (about
         1/256), averaged over the images, as one Caffe batch of the original."""
         features, sizes = self.features_batch(images)
-        outputs = self._rpn_batch(
+        outputs = self.rpn_outputs_batch(
             features, sizes, [1.0] * len(sizes), _LOSS_ONLY_PROPOSALS,
             [g.to(features.device, features.dtype) for g in gt_boxes], generator,
         )
@@ -276,7 +278,7 @@ class FasterRCNN(ParameterGroups, nn.Module):
         of all the batch's RoIs (None when none was sampled)."""
         features, sizes = self.features_batch(images)
         gt_boxes = [g.to(features.device, features.dtype) for g in gt_boxes]
-        outputs = self._rpn_batch(features, sizes, scales, self.cfg.train_proposals, gt_boxes, generator)
+        outputs = self.rpn_outputs_batch(features, sizes, scales, self.cfg.train_proposals, gt_boxes, generator)
         terms = self._detector_terms_batch(
             features, gt_boxes, gt_labels, [out.proposals for out in outputs], generator
         )
@@ -293,7 +295,7 @@ class FasterRCNN(ParameterGroups, nn.Module):
         cfg = proposal_cfg or self.cfg.test_proposals
         with evaluating(self):
             features, sizes = self.features_batch(images)
-            outputs = self._rpn_batch(features, sizes, scales, cfg, generator=generator)
+            outputs = self.rpn_outputs_batch(features, sizes, scales, cfg, generator=generator)
         return [(out.proposals / scale, out.scores) for out, scale in zip(outputs, scales)]
 
     def detect_batch(
@@ -310,7 +312,7 @@ class FasterRCNN(ParameterGroups, nn.Module):
         with evaluating(self):
             features, sizes = self.features_batch(images)
             if proposals is None:
-                outputs = self._rpn_batch(features, sizes, scales, self.cfg.test_proposals)
+                outputs = self.rpn_outputs_batch(features, sizes, scales, self.cfg.test_proposals)
                 rois = [out.proposals for out in outputs]
             else:
                 rois = []

@@ -59,7 +59,7 @@ def test_batch_of_one_equals_the_per_image_path(model: FasterRCNN):
                        generator=torch.Generator().manual_seed(5))
     batch_features, sizes = model.features_batch([image])
     assert torch.equal(batch_features, features) and sizes == [(112, 160)]
-    (batched,) = model._rpn_batch(batch_features, sizes, [1.0], model.cfg.train_proposals, [gt],
+    (batched,) = model.rpn_outputs_batch(batch_features, sizes, [1.0], model.cfg.train_proposals, [gt],
                                   torch.Generator().manual_seed(5))
     assert torch.equal(batched.labels, single.labels)  # anchor labels
     assert torch.equal(batched.proposals, single.proposals) and torch.equal(batched.scores, single.scores)
@@ -103,7 +103,7 @@ def test_two_sizes_each_image_gets_its_own_targets(model: FasterRCNN):
     features, sizes = model.features_batch([big, small])
     assert features.shape[0] == 2 and sizes == [(112, 160), (80, 96)]
     cfg = ProposalConfig(pre_nms_top_n=-1, post_nms_top_n=-1, use_nms=False, min_size=0.0)
-    outputs = model._rpn_batch(features, sizes, [1.0, 1.0], cfg, [big_gt, small_gt], torch.Generator().manual_seed(9))
+    outputs = model.rpn_outputs_batch(features, sizes, [1.0, 1.0], cfg, [big_gt, small_gt], torch.Generator().manual_seed(9))
 
     # Each image's anchors are those of its own map (what the trunk gives it alone) ...
     generator = torch.Generator().manual_seed(9)
@@ -162,3 +162,14 @@ def test_chunks():
     assert chunks([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4], [5]]
     with pytest.raises(ValueError, match="batch size"):
         chunks([1], 0)
+
+
+@pytest.mark.parametrize("name", ["zf", "efficientnet_lite0"])
+def test_feature_size_is_what_the_trunk_gives_one_image(name: str):
+    from model.backbones import build_backbone
+
+    backbone = build_backbone(name, pretrained=False)
+    for height, width in ((96, 128), (97, 131), (50, 83)):  # ZF's pools round up, Lite's "SAME" convs too
+        real = backbone.shared(torch.zeros(1, 3, height, width))
+        assert backbone.feature_size(height, width) == tuple(real.shape[2:])
+    assert "_feature_sizes" not in dict(backbone.named_modules()) and len(backbone.state_dict()) > 0

@@ -86,7 +86,7 @@ def test_proposals_are_not_differentiated_through(dataset: DetectionDataset) -> 
     model.train()
     image = torch.rand(3, 96, 128) * 255
     features, sizes = model.features_batch([image])
-    (out,) = model._rpn_batch(features, sizes, [1.0], model.cfg.train_proposals,
+    (out,) = model.rpn_outputs_batch(features, sizes, [1.0], model.cfg.train_proposals,
                               [torch.tensor([[10.0, 10.0, 60.0, 50.0]])], torch.Generator().manual_seed(0))
     assert not out.proposals.requires_grad and out.losses["rpn_cls"].requires_grad
 

@@ -5,13 +5,13 @@ p = ``pool_size``; feature maps ``[N, C, Hf, Wf]`` with Hf about H / 16.
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -106,21 +106,20 @@ class Backbone(nn.Module):
         return self.shared(self.normalize(images))
 
     def feature_size(self, height: int, width: int) -> tuple[int, int]:
-        """``(Hf, Wf)`` that ``shared`` gives one ``height`` x ``width`` input, found by running a
-        copy of ``shared`` on the "meta" device (shapes only, no arithmetic); cached per size.
+        """``(Hf, Wf)`` that ``shared`` gives one ``height`` x ``width`` input, found by running
+        ``shared`` on "meta" tensors (shapes only: no arithmetic, no copy of the weights);
+        cached per size.
 
         In a padded batch an image's own features are this top-left part of the batch's map.
         """
         cache = self.__dict__.setdefault("_feature_sizes", {})
         key = (int(height), int(width))
         if key not in cache:
-            meta = self.__dict__.get("_meta_shared")
-            if meta is None:
-                # Kept out of the module tree (no parameters, no state dict): a shape oracle.
-                meta = copy.deepcopy(self.shared).to("meta")
-                self.__dict__["_meta_shared"] = meta
+            tensors = dict(self.shared.named_parameters())
+            tensors.update(self.shared.named_buffers())
+            meta = {name: torch.empty_like(t, device="meta") for name, t in tensors.items()}
             with torch.no_grad():
-                out = meta(torch.empty((1, 3, *key), device="meta"))
+                out = functional_call(self.shared, meta, (torch.empty((1, 3, *key), device="meta"),))
             cache[key] = (int(out.shape[2]), int(out.shape[3]))
         return cache[key]
 
