@@ -33,7 +33,8 @@ box; here every window at one position shares the 3x3 sliding-window feature, as
 OverFeat's classifier and regressor and the RPN do. The backbone's detector-only ``top``
 is therefore not used (and dropped). Its test is single-scale, like every row here.
 
-Shapes: one image per call, ``[3, h, w]`` RGB float 0..255 already resized by ``scale``;
+Shapes: one image per call (B images as one padded batch for ``loss_terms_batch``, which
+training uses), ``[3, h, w]`` RGB float 0..255 already resized by ``scale``;
 features ``[1, C, Hf, Wf]``; A anchors per position, N = Hf * Wf * A anchors in
 ``shift_anchors`` order; K foreground classes; G gt boxes in input pixels.
 """
@@ -50,6 +51,7 @@ from torch import Tensor, nn
 
 from model.anchors import generate_anchors, shift_anchors
 from model.backbones import build_backbone
+from model.batching import pad_images
 from model.boxes import box_iou
 from model.config import DetectorConfig, RPNConfig, TestConfig
 from model.data.records import DetectionDataset
@@ -58,6 +60,7 @@ from model.roi import detector_loss, postprocess_detections
 from model.training import TrainSchedule, load_batch, run_training
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.detector import ParameterGroups, evaluating
+from model.rpn.network import own_anchor_positions
 from model.rpn.targets import anchor_matcher, label_anchors
 
 # /2: the groups layout of model.checkpoint (/1 was one flat state dict of its own).
@@ -143,6 +146,14 @@ class OneStageHead(nn.Module):
         for layer, std in ((self.conv, 0.01), (self.cls, 0.01), (self.reg, 0.001)):
             nn.init.normal_(layer.weight, mean=0.0, std=std)
             nn.init.zeros_(layer.bias)
+
+    def forward_batch(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """``[B, C, Hf, Wf]`` -> logits ``[B, N, K+1]`` and deltas ``[B, N, 4(K+1)]``, ``shift_anchors`` order."""
+        hidden = F.relu(self.conv(features))
+        logits = self.cls(hidden).permute(0, 2, 3, 1)  # [B, Hf, Wf, A(K+1)]
+        deltas = self.reg(hidden).permute(0, 2, 3, 1)
+        batch = features.shape[0]
+        return logits.reshape(batch, -1, self.num_columns), deltas.reshape(batch, -1, 4 * self.num_columns)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """``[1, C, Hf, Wf]`` -> logits ``[N, K+1]`` and deltas ``[N, 4(K+1)]``, ``shift_anchors`` order."""
@@ -234,9 +245,51 @@ class OneStageDetector(ParameterGroups, nn.Module):
         ``gt_boxes`` ``[G, 4]`` in input pixels, ``gt_labels`` ``[G]`` in 1..K.
         """
         anchors, logits, deltas = self(image)
-        labels, targets = label_windows(
-            anchors, gt_boxes, gt_labels, int(image.shape[1]), int(image.shape[2]), self.label_cfg, generator
+        return self._sampled_terms(
+            anchors, logits, deltas, gt_boxes, gt_labels, int(image.shape[1]), int(image.shape[2]), generator
         )
+
+    def loss_terms_batch(
+        self,
+        images: Sequence[Tensor],
+        gt_boxes: Sequence[Tensor],
+        gt_labels: Sequence[Tensor],
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``loss_terms`` of B images as one padded batch through the trunk and the head, each
+        image labelled on the windows of its own feature map (none of the padding), the sampled
+        windows of all images concatenated in image order. One image gives ``loss_terms``'s."""
+        batch, sizes = pad_images(images, self.backbone.normalize)
+        features = self.backbone.shared(batch)
+        logits, deltas = self.head.forward_batch(features)
+        map_size = (features.shape[2], features.shape[3])
+        anchors = shift_anchors(self.reference_anchors, *map_size, self.backbone.stride)
+        parts = []
+        for i, (height, width) in enumerate(sizes):
+            own = own_anchor_positions(
+                self.backbone.feature_size(height, width), map_size, self.head.num_anchors, anchors.device
+            )
+            if own is None:
+                image_anchors, image_logits, image_deltas = anchors, logits[i], deltas[i]
+            else:
+                image_anchors, image_logits, image_deltas = anchors[own], logits[i][own], deltas[i][own]
+            parts.append(self._sampled_terms(
+                image_anchors, image_logits, image_deltas, gt_boxes[i], gt_labels[i], height, width, generator
+            ))
+        return tuple(torch.cat(t) for t in zip(*parts))  # type: ignore[return-value]
+
+    def _sampled_terms(
+        self,
+        anchors: Tensor,
+        logits: Tensor,
+        deltas: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        height: int,
+        width: int,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        labels, targets = label_windows(anchors, gt_boxes, gt_labels, height, width, self.label_cfg, generator)
         sampled = torch.nonzero(labels >= 0).squeeze(1)
         classes = labels[sampled]
         normalised = (targets[sampled] - self.target_means) / self.target_stds
@@ -308,8 +361,8 @@ def train_one_stage(
 
     ``schedule`` is the detector steps' ``TrainSchedule``: the paper's optimiser, its learning
     rate (steps and warm-up), ``ims_per_batch`` images (None: 2) and their mirror images if
-    ``flip`` in a seeded shuffled order, the loss averaged over the sampled windows of the
-    whole batch. With ``checkpoint_path`` a checkpoint (``model.checkpoint``) is written every
+    ``flip`` in a seeded shuffled order, as one padded batch through the trunk
+    (``loss_terms_batch``), the loss averaged over the sampled windows of the whole batch. With ``checkpoint_path`` a checkpoint (``model.checkpoint``) is written every
     ``checkpoint_every`` iterations and, with ``resume``, an interrupted run continues from it
     to the same weights as a straight run. Raises ``TrainingDiverged`` on a non-finite loss.
     """
@@ -319,9 +372,8 @@ def train_one_stage(
 
     def batch_losses(batch, generator: torch.Generator, device: torch.device) -> dict[str, Tensor]:
         images, gt_boxes, gt_labels, _ = load_batch(batch, cfg, device)
-        parts = [model.loss_terms(i, b, lab, generator) for i, b, lab in zip(images, gt_boxes, gt_labels)]
-        logits, deltas, labels, targets = (torch.cat(t) for t in zip(*parts))
-        return _named(detector_loss(logits, deltas, labels, targets, sigma=model.label_cfg.sigma))
+        terms = model.loss_terms_batch(images, gt_boxes, gt_labels, generator)
+        return _named(detector_loss(*terms, sigma=model.label_cfg.sigma))
 
     return run_training(
         model, "one_stage", list(dataset.records), schedule, schedule.ims_per_batch or 2,

@@ -250,3 +250,22 @@ def test_train_one_stage_resumes_through_the_shared_loop(tmp_path):
         assert torch.equal(value, resumed.state_dict()[key]), key
     # The in-progress file is an ordinary checkpoint of the one-stage kind.
     assert isinstance(load_one_stage(path), OneStageDetector)
+
+
+def test_batched_terms_equal_per_image_for_one_image_and_stay_inside_each_image():
+    image, boxes, labels = _image()
+    model = OneStageDetector(_cfg())
+    model.train()
+    single = model.loss_terms(image, boxes, labels, torch.Generator().manual_seed(4))
+    batched = model.loss_terms_batch([image], [boxes], [labels], torch.Generator().manual_seed(4))
+    assert all(torch.equal(a, b) for a, b in zip(single, batched))
+    # Two sizes: the small image's windows are those of its own map, labelled for its own gt.
+    small = image[:, :160, :192]
+    small_boxes, small_labels = torch.tensor([[30.0, 20.0, 157.0, 147.0]]), torch.tensor([1])
+    logits, _, classes, _ = model.loss_terms_batch([image, small], [boxes, small_boxes], [labels, small_labels],
+                                                   torch.Generator().manual_seed(4))
+    generator = torch.Generator().manual_seed(4)
+    first = model.loss_terms(image, boxes, labels, generator)
+    second = model.loss_terms(small, small_boxes, small_labels, generator)
+    assert torch.equal(classes, torch.cat([first[2], second[2]]))  # same windows sampled and labelled
+    assert set(second[2].tolist()) <= {0, 1} and logits.shape[0] == first[0].shape[0] + second[0].shape[0]
