@@ -185,8 +185,9 @@ def test_one_stage_checkpoint_device_and_non_finite_weights(tmp_path):
         load_one_stage(path, map_location="cuda:99")
     assert next(load_one_stage(path).parameters()).device.type == "cpu"
     content = torch.load(path, weights_only=True)
-    key = next(k for k, v in content["state_dict"].items() if v.is_floating_point())
-    content["state_dict"][key].view(-1)[0] = float("nan")
+    # The one-stage detector saves through model.checkpoint: one state dict per group.
+    key = next(k for k, v in content["groups"]["head"].items() if v.is_floating_point())
+    content["groups"]["head"][key].view(-1)[0] = float("nan")
     torch.save(content, path)
-    with pytest.raises(CheckpointError, match=rf"{path}: tensor {key!r} has 1 non-finite value"):
+    with pytest.raises(CheckpointError, match=rf"{path}: group 'head' tensor {key!r} has 1 non-finite value"):
         load_one_stage(path)
