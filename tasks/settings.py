@@ -94,7 +94,7 @@ SCHEMA: dict[str, Any] = {
         "input": {"min_size": Bounded(int, 1), "max_size": Bounded(int, 1)},
     },
     "train": {"name": str, **{step: TrainSchedule for step in
-                              ("step1_rpn", "step2_fast_rcnn", "step3_rpn", "step4_fast_rcnn", "one_stage")}},
+                              ("step1_rpn", "step2_fast_rcnn", "step3_rpn", "step4_fast_rcnn", "one_stage", "joint")}},
     "tracking": {"experiment": str},
     "pipeline": {"init_seed": Bounded(int, 0)},
     "evaluate": {
