@@ -26,7 +26,7 @@ from tasks import layout, plots
 from tasks.atomic import write_json
 from tasks.data import load_split, read_classes, read_manifest
 from tasks.evaluate import evaluate_detector
-from tasks.params import dataclass_from, get, with_settings
+from tasks.params import get, training_schedule, with_settings
 from tasks.resume import resume_files
 from tasks.train import loss_summary, saved_progress
 from tasks.weights import device, initial_config, seeded
@@ -36,7 +36,7 @@ STAGE = "one_stage"
 
 def schedule(params: Mapping[str, Any]) -> TrainSchedule:
     """``train.one_stage`` as a ``TrainSchedule`` (the detector steps' keys); unknown keys are refused."""
-    return dataclass_from(TrainSchedule, dict(get(params, "train.one_stage")), "train.one_stage")
+    return training_schedule(params, "train.one_stage")
 
 
 def build(params: Mapping[str, Any]) -> OneStageDetector:

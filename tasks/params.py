@@ -126,6 +126,26 @@ def with_settings(cfg: DetectorConfig, params: Mapping[str, Any]) -> DetectorCon
     return DetectorConfig.from_dict(data)
 
 
+#: Run ``k`` of a seed study (``pipeline.seed = k``) draws every training seed and the
+#: initial layers from ``seed + SEED_STRIDE * k``; ``k = 0`` is the profile's own seeds.
+SEED_STRIDE = 1000
+
+
+def run_seed(params: Mapping[str, Any], base: int) -> int:
+    """``base`` (a step's ``seed``, ``pipeline.init_seed``) shifted for this run of a seed study."""
+    return int(base) + SEED_STRIDE * int(get(params, "pipeline.seed"))
+
+
+def training_schedule(params: Mapping[str, Any], key: str) -> Any:
+    """``train.<...>`` at ``key`` as a checked ``TrainSchedule``, its seed shifted by ``run_seed``."""
+    import dataclasses
+
+    from model.training import TrainSchedule
+
+    schedule = dataclass_from(TrainSchedule, dict(get(params, key)), key)
+    return dataclasses.replace(schedule, seed=run_seed(params, schedule.seed))
+
+
 def dataclass_from(cls: type, values: Mapping[str, Any], where: str) -> Any:
     """Build dataclass ``cls`` from ``values`` (lists made tuples), checked by the one
     settings validator (``tasks.settings``: unknown keys, types, ranges) first."""

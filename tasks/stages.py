@@ -96,6 +96,8 @@ PREPARED = str(layout.PREPARED)
 INPUT = ("data.input",)
 SS_SETTINGS = "ablations.selective_search"
 RECALL = ("evaluate.recall_top_ns", "evaluate.recall_ious")
+#: The run's place in a seed study (``tasks.params.run_seed``): every training stage reads it.
+SEED = "pipeline.seed"
 
 
 def _ckpt(stage: str) -> str:
@@ -135,8 +137,8 @@ def training_params(step: TrainingStep) -> tuple[str, ...]:
     schedule = f"train.{step.schedule}"
     if step.kind == "rpn":
         fresh = ("model.pretrained", "model.anchors", "model.stronger_rpn", "pipeline.init_seed")
-        return (*INPUT, "model.rpn", schedule, *(fresh if step is STRONG_RPN else ()))
-    return (*INPUT, "model.roi", _cache_settings(step), schedule)
+        return (*INPUT, "model.rpn", schedule, SEED, *(fresh if step is STRONG_RPN else ()))
+    return (*INPUT, "model.roi", _cache_settings(step), schedule, SEED)
 
 
 def _cache_settings(step: TrainingStep) -> str:
@@ -222,7 +224,7 @@ REGISTRY: tuple[Stage | StageGroup, ...] = (
     Stage(INITIAL, "ImageNet backbone + seeded fresh RPN / classifier layers: the start of steps 1 and 2.",
           "tasks.weights:init_weights_task",
           ("model.backbone", "model.pretrained", "model.backbone_options", "model.anchors", "model.rpn.mid_channels",
-           "pipeline.init_seed"),
+           "pipeline.init_seed", SEED),
           (str(layout.CLASSES),), outs=(_ckpt(INITIAL),)),
     training_stage(STEP1, "Step 1: train the RPN (shared convs + RPN layers) from init_weights."),
     proposal_stage("step1_proposals"),
@@ -256,7 +258,7 @@ REGISTRY: tuple[Stage | StageGroup, ...] = (
           "sliding window.", "tasks.one_stage:one_stage_task",
           (*INPUT, "model.backbone", "model.pretrained", "model.backbone_options", "model.anchors",
            "model.rpn.mid_channels", "model.rpn.allowed_border", "model.roi", "model.test", "evaluate.metric",
-           "train.one_stage", "pipeline.init_seed"),
+           "train.one_stage", "pipeline.init_seed", SEED),
           (PREPARED,), outs=(_ckpt("one_stage"),), plots=_plot("one_stage", "loss", "pr")),
     ABLATION_ROWS,
     Stage("proposal_recall", "Recall vs IoU (0.5..0.95) of SS and RPN proposals, 300/1000/2000 per image (the "

@@ -24,11 +24,11 @@ from prefect.cache_policies import NO_CACHE
 from model.alternating import FRESH_STRONGER, INITIAL, TrainingStep, training_step
 from model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from model.faster_rcnn import FasterRCNN
-from model.training import TrainSchedule, train_detector, train_rpn
+from model.training import train_detector, train_rpn
 from tasks import layout, plots
 from tasks.atomic import write_json
 from tasks.data import load_split, read_classes, read_manifest
-from tasks.params import dataclass_from, get
+from tasks.params import get, training_schedule
 from tasks.proposals import load_cache
 from tasks.resume import ResumeFiles, resume_files
 from tasks.weights import build_stronger_rpn, device, load_model, reset_layers
@@ -83,7 +83,7 @@ def run_step(stage: str, params: Mapping[str, Any], progress: bool = True) -> di
     step = training_step(stage)
     kind = step.kind
     schedule_key = f"train.{step.schedule}"
-    schedule = dataclass_from(TrainSchedule, dict(get(params, schedule_key)), schedule_key)
+    schedule = training_schedule(params, schedule_key)
     files = resume_files(stage, params, _inputs(step))
     resumed_from, saved_history = saved_progress(files)
     manifest = read_manifest()

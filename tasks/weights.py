@@ -36,7 +36,7 @@ from model.devices import resolve_device
 from model.faster_rcnn import FasterRCNN
 from tasks import layout
 from tasks.data import read_classes
-from tasks.params import dataclass_from, get, with_settings
+from tasks.params import dataclass_from, get, run_seed, with_settings
 
 T = TypeVar("T")
 
@@ -67,10 +67,10 @@ def initial_config(params: Mapping[str, Any], class_names: Sequence[str]) -> Det
 
 
 def seeded(params: Mapping[str, Any], make: Callable[[], T]) -> T:
-    """``make()`` with torch's CPU generator seeded from ``pipeline.init_seed``, so fresh
-    layers are reproducible; the global generator is left as it was."""
+    """``make()`` with torch's CPU generator seeded from ``pipeline.init_seed`` (shifted by
+    ``pipeline.seed``), so fresh layers are reproducible; the global generator is left as it was."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(get(params, "pipeline.init_seed")))
+        torch.manual_seed(run_seed(params, get(params, "pipeline.init_seed")))
         return make()
 
 
@@ -117,7 +117,7 @@ def initialise(params: Mapping[str, Any]) -> dict[str, Any]:
     save_checkpoint(
         layout.checkpoint("init_weights"),
         model,
-        extra={"stage": "init_weights", "init_seed": int(get(params, "pipeline.init_seed"))},
+        extra={"stage": "init_weights", "init_seed": run_seed(params, get(params, "pipeline.init_seed"))},
     )
     return {"classes": len(classes), "parameters": counts}
 

@@ -145,3 +145,15 @@ def test_detections_of_a_class_without_ground_truth_do_not_break_scoring() -> No
     assert metrics["mAP"] == pytest.approx(1.0)
     assert math.isnan(voc.ap["b"])
     assert "AP50" in metrics["coco"]
+
+
+def test_run_seed_shifts_every_training_seed():
+    from tasks.params import SEED_STRIDE, run_seed, training_schedule
+
+    params = {"pipeline": {"seed": 0, "init_seed": 0},
+              "train": {"step1_rpn": {"iterations": 4, "seed": 7}}}
+    assert run_seed(params, 7) == 7 and training_schedule(params, "train.step1_rpn").seed == 7
+    params["pipeline"]["seed"] = 2
+    assert run_seed(params, 7) == 7 + 2 * SEED_STRIDE
+    assert training_schedule(params, "train.step1_rpn").seed == 7 + 2 * SEED_STRIDE
+    assert training_schedule(params, "train.step1_rpn").iterations == 4
