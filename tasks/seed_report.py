@@ -1,8 +1,8 @@
 """``python -m tasks.seed_report``: one ablation table from several seeds' reports.
 
-Each run of the pipeline that differs only in ``pipeline.seed`` writes its own
-``reports/ablations.csv``. This command reads several of them (paths, or DVC experiment
-names whose ``reports/ablations.csv`` it takes from the experiment's commit), combines them
+Each run of the pipeline that differs only in ``pipeline.seed`` writes its own report.
+This command reads several (``ablations.csv`` paths, or DVC experiment names, whose
+``metrics/ablation_report.json`` it takes from the experiment's commit), combines them
 with :func:`tasks.noise.combine_seeds` (mean, spread, "within noise" verdicts) and writes
 ``reports/ablations_seeds.md`` and ``.csv``::
 
@@ -16,7 +16,7 @@ could not be read (the message names it), 2 usage errors.
 from __future__ import annotations
 
 import argparse
-import io
+import json
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -25,23 +25,51 @@ from pathlib import Path
 import pandas as pd
 
 from tasks import layout
-from tasks.ablation_report import read_report_csv, to_markdown
+from model.ablations import ALL_ROWS
+from tasks.ablation_report import build_ablation_table, read_report_csv, to_markdown
 from tasks.atomic import write_text
-from tasks.noise import combine_seeds, verdict_counts
+from tasks.noise import combine_seeds, verdict_counts, with_verdicts
 
-CSV_NAME = "ablations.csv"
 OUT_FILES = {"markdown": "ablations_seeds.md", "csv": "ablations_seeds.csv"}
 
 
+def _experiment_ref(name: str) -> str:
+    """The git ref of DVC experiment ``name`` (``refs/exps/.../<name>``), or ``name`` itself
+    when it is already a commit or ref git knows."""
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
+                          capture_output=True, text=True, check=False).stdout.split()
+    matches = [ref for ref in refs if ref.rsplit("/", 1)[-1] == name]
+    if len(matches) > 1:
+        raise ValueError(f"experiment name {name!r} is ambiguous: {matches}")
+    return matches[0] if matches else name
+
+
+def report_from_summary(summary: dict, where: str) -> pd.DataFrame:
+    """The ablation table rebuilt from a run's ``metrics/ablation_report.json`` (its ``our_map``)."""
+    try:
+        ours = {str(k): float(v) for k, v in summary["our_map"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(f"{where}: not an ablation report summary ({error})") from error
+    return with_verdicts(build_ablation_table(ours, rows=ALL_ROWS, unit="percent"))
+
+
 def experiment_report(name: str) -> pd.DataFrame:
-    """``reports/ablations.csv`` of DVC experiment ``name`` (``workspace``: the checkout's)."""
-    path = layout.report(CSV_NAME)
+    """The ablation table of DVC experiment ``name`` (``workspace``: the checkout's own run).
+
+    Read from ``metrics/ablation_report.json``, which experiments commit (``reports/`` is
+    git-ignored, so an experiment's ``ablations.csv`` is not in its commit).
+    """
+    path = layout.metrics("ablation_report")
     if name == "workspace":
-        return read_report_csv(path)
-    shown = subprocess.run(["git", "show", f"{name}:{path.as_posix()}"], capture_output=True, text=True)
+        try:
+            return report_from_summary(json.loads(path.read_text(encoding="utf-8")), str(path))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no ablation report in the workspace (run dvc repro)") from None
+    ref = _experiment_ref(name)
+    shown = subprocess.run(["git", "show", f"{ref}:{path.as_posix()}"], capture_output=True, text=True)
     if shown.returncode != 0:
         raise FileNotFoundError(f"experiment {name!r}: no {path} in its commit ({shown.stderr.strip()})")
-    return read_report_csv(io.StringIO(shown.stdout))
+    return report_from_summary(json.loads(shown.stdout), f"experiment {name!r}: {path}")
 
 
 def combined_report(tables: Sequence[pd.DataFrame], labels: Sequence[str], out_dir: Path) -> dict[str, Path]:

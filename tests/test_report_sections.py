@@ -128,3 +128,31 @@ def test_seed_report_cli_combines_csvs(tmp_path, capsys):
     assert "over 3 seeds" in capsys.readouterr().out
     assert main(["--csv", str(tmp_path / "missing.csv"), "--out", str(tmp_path)]) == 1
     assert "missing.csv" in capsys.readouterr().err
+
+
+def test_seed_report_reads_summaries_of_experiments(tmp_path, monkeypatch):
+    import json
+    import subprocess
+
+    from tasks.seed_report import experiment_report, main
+
+    # A git repo whose two commits hold two runs' metrics/ablation_report.json, one under an
+    # experiment-like ref (refs/exps/...): the report is rebuilt from `our_map`.
+    monkeypatch.chdir(tmp_path)
+    git = ["git", "-c", "user.email=t@e", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "metrics").mkdir()
+    for number, (shared, unshared) in enumerate([(70.0, 68.0), (72.0, 71.0)]):
+        (tmp_path / "metrics" / "ablation_report.json").write_text(
+            json.dumps({"our_map": {"shared": shared, "unshared": unshared}}))
+        subprocess.run([*git, "add", "-A"], check=True)
+        subprocess.run([*git, "commit", "-qm", f"run {number}"], check=True)
+        if number == 0:
+            subprocess.run(["git", "update-ref", "refs/exps/ab/cdef/exp-one", "HEAD"], check=True)
+    table = experiment_report("exp-one")
+    assert table.loc["unshared", "our change"] == pytest.approx(-2.0)
+    assert experiment_report("workspace").loc["unshared", "our change"] == pytest.approx(-1.0)
+    assert main(["--exp", "workspace", "exp-one", "--out", str(tmp_path / "out")]) == 0
+    combined = pd.read_csv(tmp_path / "out" / "ablations_seeds.csv", index_col="key")
+    assert combined.loc["unshared", "our change"] == pytest.approx(-1.5)
+    assert main(["--exp", "no-such-exp", "--out", str(tmp_path / "out")]) == 1
