@@ -14,12 +14,17 @@ DVC (``python -m flows.stage <stage>``) runs orchestrated is set by ``FRCNN_PREF
 - ``off``: never orchestrated.
 
 Inside a flow run, ``call`` runs tasks as Prefect task runs; outside one, as plain
-functions, so the same flow code serves both.
+functions, so the same flow code serves both. The plain path imports no prefect: the
+tasks and stage flows are ``tasks.lazy_prefect`` wrappers, and ``auto`` reads the
+settings files itself when nothing could name an API (``no_api_anywhere``).
 """
 from __future__ import annotations
 
 import os
+import sys
+import tomllib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 MODE_ENV = "FRCNN_PREFECT"
@@ -35,8 +40,40 @@ def mode() -> str:
     return value
 
 
+def no_api_anywhere(cwd: Path | None = None) -> bool:
+    """True when no place Prefect reads settings from can name an API, read without
+    importing prefect (about 2 s): no ``PREFECT_API*`` or ``PREFECT_PROFILE`` variable, no
+    ``.env`` or ``prefect.toml`` and no ``[tool.prefect]`` in ``pyproject.toml`` in ``cwd``,
+    and an active profile (``$PREFECT_HOME/profiles.toml``, or Prefect's default
+    ``ephemeral``) without ``PREFECT_API_URL``. False means "maybe": ask Prefect.
+    """
+    if any(key.startswith("PREFECT_API") or key == "PREFECT_PROFILE" for key in os.environ):
+        return False
+    cwd = cwd or Path.cwd()
+    if (cwd / ".env").exists() or (cwd / "prefect.toml").exists():
+        return False
+    pyproject = cwd / "pyproject.toml"
+    if pyproject.is_file() and "tool.prefect" in pyproject.read_text(encoding="utf-8", errors="replace"):
+        return False
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    profiles_path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    if not profiles_path.exists():
+        return True  # Prefect's built-in profiles: the active one, ephemeral, has no API
+    try:
+        profiles = tomllib.loads(profiles_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    active = profiles.get("active", "ephemeral")
+    profile = profiles.get("profiles", {}).get(active)
+    if profile is None:
+        return active == "ephemeral"
+    return isinstance(profile, dict) and not any(str(key).startswith("PREFECT_API") for key in profile)
+
+
 def api_configured() -> bool:
-    """Whether Prefect has an API to report to (env var or active profile)."""
+    """Whether Prefect has an API to report to (env var, settings file or active profile)."""
+    if "prefect" not in sys.modules and no_api_anywhere():
+        return False
     from prefect.settings import get_current_settings
 
     return bool(get_current_settings().api.url)
@@ -50,6 +87,8 @@ def prefect_enabled() -> bool:
 
 
 def in_flow_run() -> bool:
+    if "prefect" not in sys.modules:  # never imported: no flow run can be active
+        return False
     from prefect.context import FlowRunContext
 
     return FlowRunContext.get() is not None

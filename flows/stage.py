@@ -18,8 +18,8 @@ from typing import Any
 
 import flows  # noqa: F401  (Prefect defaults before prefect is imported)
 from flows.runtime import call, run_flow
-from prefect import flow
 
+from tasks.lazy_prefect import flow
 from tasks.params import ParamsError, load_params, select
 from tasks.settings import SettingsError, check_settings
 from tasks.stages import ABLATION_ROWS, REGISTRY, STAGES, Stage, producers, row_key, stage_spec
@@ -74,7 +74,7 @@ def _stage_flow(name: str) -> Callable[..., Any]:
         return run_stage(name)
 
     run.__name__ = run.__qualname__ = f"{name}_flow"
-    return flow(name=name)(run)
+    return flow(name=name)(run)  # a Prefect flow when orchestrated; no prefect import before
 
 
 @flow(name="ablation_row", flow_run_name="ablation@{row}")

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from torch import Tensor
+if TYPE_CHECKING:  # annotations only: the stage registry reads this module without torch
+    from torch import Tensor
 
 #: The initial network: ImageNet backbone, seeded fresh RPN / classifier layers.
 INITIAL = "init_weights"

@@ -26,10 +26,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from model.ablations import ABLATION_ROWS, ALL_ROWS, AblationRow, check_rows
+from tasks.lazy_prefect import task
 from tasks import layout
 from tasks.atomic import write_json, write_text
 from tasks.noise import verdict_counts, with_verdicts
@@ -295,7 +294,7 @@ def build_report(rows: Sequence[AblationRow] = ALL_ROWS) -> tuple[pd.DataFrame, 
     return table, paths, summary
 
 
-@task(name="ablation_report", cache_policy=NO_CACHE)
+@task(name="ablation_report")
 def ablation_report_task(params: dict[str, object]) -> dict[str, object]:
     """Prefect task: the report; printed, and logged to MLflow as metrics, artifacts and a table."""
     from tasks.tracking import stage_run

@@ -28,8 +28,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from torch import Tensor
 
 from model.ablations import AblationRow, ablation_proposal_config, ablation_row
@@ -37,6 +35,7 @@ from model.data.records import DetectionDataset
 from model.faster_rcnn import FasterRCNN
 from model.inference import propose_dataset
 from model.one_stage import load_one_stage
+from tasks.lazy_prefect import task
 from tasks import layout
 from tasks.atomic import write_json
 from tasks.data import load_split, read_manifest
@@ -98,7 +97,7 @@ def evaluate_row(key: str, params: Mapping[str, Any], progress: bool = True) -> 
     return metrics
 
 
-@task(name="ablation_row", cache_policy=NO_CACHE)
+@task(name="ablation_row")
 def ablation_row_task(key: str, params: dict[str, Any]) -> dict[str, Any]:
     """Prefect task: one ablation row, logged as its own MLflow run (tag ``ablation_row``)."""
     from tasks.tracking import stage_run

@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from model.checkpoint import assemble_model, read_checkpoint, save_checkpoint
+from tasks.lazy_prefect import task
 from tasks import layout
 from tasks.atomic import write_json
 from tasks.params import get, with_settings
@@ -43,7 +42,7 @@ def assemble(params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     return model, metrics
 
 
-@task(name="assemble", cache_policy=NO_CACHE)
+@task(name="assemble")
 def assemble_task(params: dict[str, Any]) -> dict[str, Any]:
     from tasks.tracking import stage_run
 

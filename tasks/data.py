@@ -22,14 +22,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prefect import task
 from tqdm.auto import tqdm
-from prefect.cache_policies import NO_CACHE
 
 from model.data.loading import load_dataset
 from model.data.records import DatasetError, DetectionDataset
 from model.data.synthetic import SyntheticSpec, generate_synthetic_voc
 from model.data.validate import pipeline_problems
+from tasks.lazy_prefect import task
 from tasks import layout
 from tasks.atomic import publish_directory, write_json
 from tasks.params import ParamsError, dataclass_from, get, input_size
@@ -179,7 +178,7 @@ def load_split(role: str, manifest: Mapping[str, Any] | None = None) -> Detectio
     return dataset
 
 
-@task(name="prepare_data", cache_policy=NO_CACHE)
+@task(name="prepare_data")
 def prepare_data_task(params: dict[str, Any]) -> dict[str, Any]:
     """Prefect task: generate or check the dataset; log counts to MLflow."""
     from tasks.tracking import log_dataset_read, stage_run

@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from torch import Tensor
 
 from model.data.records import DetectionDataset
@@ -25,6 +23,7 @@ from model.evaluation import evaluate_voc, write_voc_results
 from model.evaluation.voc_ap import DEFAULT_IOU_THRESHOLD, check_options
 from model.faster_rcnn import FasterRCNN
 from model.inference import detect_dataset, propose_dataset
+from tasks.lazy_prefect import task
 from tasks import layout, plots
 from tasks.atomic import publish_directory, write_json
 from tasks.data import load_split, read_manifest
@@ -95,7 +94,7 @@ def evaluate_rows(params: Mapping[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate")
 def evaluate_task(params: dict[str, Any]) -> dict[str, Any]:
     from tasks.tracking import registered_model_name, stage_run
 

@@ -17,11 +17,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from model.one_stage import OneStageDetector, save_one_stage, train_one_stage
 from model.training import TrainSchedule
+from tasks.lazy_prefect import task
 from tasks import layout, plots
 from tasks.atomic import write_json
 from tasks.data import load_split, read_classes, read_manifest
@@ -73,7 +72,7 @@ def train_and_score(
     return {**metrics, "train_seconds": round(seconds, 1)}
 
 
-@task(name="one_stage", cache_policy=NO_CACHE)
+@task(name="one_stage")
 def one_stage_task(params: dict[str, Any]) -> dict[str, Any]:
     """Prefect task: train and score the one-stage detector; losses and metrics to MLflow."""
     from tasks.tracking import stage_run

@@ -26,10 +26,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from model.inference import propose_dataset
+from tasks.lazy_prefect import task
 from tasks import layout, plots
 from tasks.atomic import write_json, write_text
 from tasks.data import load_split, read_manifest
@@ -80,7 +79,7 @@ def compute(params: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
     return metrics
 
 
-@task(name="proposal_recall", cache_policy=NO_CACHE)
+@task(name="proposal_recall")
 def proposal_recall_task(params: dict[str, Any]) -> dict[str, Any]:
     """Prefect task: recall vs IoU of every proposal method; CSV, plot and metrics to MLflow."""
     from tasks.tracking import stage_run

@@ -16,8 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from model.alternating import PROPOSAL_CACHES, SS_PROPOSALS
 from model.evaluation import proposal_recall
@@ -30,6 +28,7 @@ from model.proposal_cache import (
     load_proposal_cache,
     save_proposal_cache,
 )
+from tasks.lazy_prefect import task
 from tasks import layout, plots
 from tasks.atomic import write_json
 from tasks.data import load_split, read_manifest
@@ -155,7 +154,7 @@ def cache_proposals(stage: str, params: Mapping[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-@task(name="cache_proposals", cache_policy=NO_CACHE)
+@task(name="cache_proposals")
 def cache_proposals_task(stage: str, params: dict[str, Any]) -> dict[str, Any]:
     from tasks.tracking import stage_run
 

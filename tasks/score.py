@@ -14,10 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from model.alternating import training_step
+from tasks.lazy_prefect import task
 from tasks import layout, plots
 from tasks.atomic import write_json
 from tasks.data import load_split, read_manifest
@@ -44,7 +43,7 @@ def score_step(stage: str, step_name: str, params: Mapping[str, Any], progress: 
     return scores
 
 
-@task(name="score_step", cache_policy=NO_CACHE)
+@task(name="score_step")
 def score_step_task(stage: str, step_name: str, params: dict[str, Any]) -> dict[str, Any]:
     """Prefect task: one detector step's score, logged as the stage's MLflow run."""
     from tasks.tracking import stage_run

@@ -14,6 +14,7 @@ Unknown keys (typos) are refused here, in every section alike.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import types
 import typing
 from collections.abc import Mapping
@@ -25,8 +26,6 @@ from model.config import AnchorConfig, ProposalConfig, RoIConfig, RPNConfig, Tes
 from model.data.loading import LAYOUTS
 from model.data.synthetic import SyntheticSpec
 from model.evaluation.voc_ap import METRICS
-from model.selective_search import MODES
-from model.training import TrainSchedule
 from tasks.params import ParamsError
 
 
@@ -35,10 +34,28 @@ class SettingsError(ParamsError):
 
 
 @dataclass(frozen=True)
-class Choice:
-    """One of ``values``."""
+class Imported:
+    """``module.name``, imported when a value is checked against it.
 
-    values: tuple[str, ...]
+    For specs whose module imports torch (about 2 s): a stage that checks no such key
+    (a report, the data stage) does not import it; the stages that do import it anyway.
+    """
+
+    module: str
+    name: str
+
+    def resolve(self) -> Any:
+        return getattr(importlib.import_module(self.module), self.name)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of ``values`` (or of the tuple an ``Imported`` names)."""
+
+    values: tuple[str, ...] | Imported
+
+    def allowed(self) -> tuple[str, ...]:
+        return self.values.resolve() if isinstance(self.values, Imported) else self.values
 
 
 @dataclass(frozen=True)
@@ -93,7 +110,7 @@ SCHEMA: dict[str, Any] = {
         "synthetic": SyntheticSpec | None,
         "input": {"min_size": Bounded(int, 1), "max_size": Bounded(int, 1)},
     },
-    "train": {"name": str, **{step: TrainSchedule for step in
+    "train": {"name": str, **{step: Imported("model.training", "TrainSchedule") for step in
                               ("step1_rpn", "step2_fast_rcnn", "step3_rpn", "step4_fast_rcnn", "one_stage", "joint")}},
     "tracking": {"experiment": str},
     "pipeline": {"init_seed": Bounded(int, 0), "seed": Bounded(int, 0)},
@@ -105,7 +122,8 @@ SCHEMA: dict[str, Any] = {
         "timing_images": Bounded(int, 2),
     },
     "ablations": {
-        "selective_search": {"mode": Choice(MODES), "max_side": OrNone(Bounded(int, 1)), "max_proposals": Bounded(int, 1),
+        "selective_search": {"mode": Choice(Imported("model.selective_search", "MODES")),
+                             "max_side": OrNone(Bounded(int, 1)), "max_proposals": Bounded(int, 1),
                              "min_size": Bounded(int, 0), "seed": int},
     },
 }
@@ -121,7 +139,7 @@ def _describe(spec: Any) -> str:
     if spec in (int, float, str):
         return {"int": "an integer", "float": "a number", "str": "a string"}[spec.__name__]
     if isinstance(spec, Choice):
-        return f"one of {list(spec.values)}"
+        return f"one of {list(spec.allowed())}"
     if isinstance(spec, Bounded):
         what = "an integer" if spec.kind is int else "a number"
         lo, hi = ("(", ")") if spec.open else ("[", "]")
@@ -138,6 +156,8 @@ def _is_number(value: Any, kind: type) -> bool:
 
 
 def _check(spec: Any, value: Any, key: str, source: str, check_paths: bool = True) -> None:
+    if isinstance(spec, Imported):
+        return _check(spec.resolve(), value, key, source, check_paths)
     if isinstance(spec, OrNone):
         return None if value is None else _check(spec.spec, value, key, source, check_paths)
     origin = typing.get_origin(spec)
@@ -177,7 +197,7 @@ def _check(spec: Any, value: Any, key: str, source: str, check_paths: bool = Tru
             raise _fail(source, key, value, "no such file or folder (the dataset's folder; see conf/data/)")
         return
     if isinstance(spec, Choice):
-        if value not in spec.values:
+        if value not in spec.allowed():
             raise _fail(source, key, value, f"expected {_describe(spec)}")
         return
     if isinstance(spec, Bounded):

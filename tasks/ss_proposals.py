@@ -16,10 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from model.selective_search import selective_search_dataset
+from tasks.lazy_prefect import task
 from tasks import layout
 from tasks.atomic import write_json
 from tasks.data import read_manifest
@@ -52,7 +51,7 @@ def compute_ss_proposals(params: Mapping[str, Any], progress: bool = True) -> di
     return metrics
 
 
-@task(name="ss_proposals", cache_policy=NO_CACHE)
+@task(name="ss_proposals")
 def ss_proposals_task(params: dict[str, Any]) -> dict[str, Any]:
     """Prefect task: selective search over both splits, cached; recall logged to MLflow."""
     from tasks.tracking import stage_run

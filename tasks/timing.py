@@ -15,14 +15,13 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from model.ablations import PAPER_TEST_COUNTS
 from model.data.images import load_image_rgb
 from model.data.transforms import prepare_image
 from model.selective_search import selective_search
 from model.timing import device_name, time_systems
+from tasks.lazy_prefect import task
 from tasks import layout
 from tasks.atomic import write_json
 from tasks.data import load_split, read_manifest
@@ -77,7 +76,7 @@ def measure_timing(params: Mapping[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-@task(name="timing", cache_policy=NO_CACHE)
+@task(name="timing")
 def timing_task(params: dict[str, Any]) -> dict[str, Any]:
     """Prefect task: Table 5 timings, logged as the stage's MLflow run."""
     from tasks.tracking import stage_run

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -369,6 +370,8 @@ def stage_run(
 
 def _prefect_flow_run_id() -> str | None:
     """The id of the Prefect flow run this stage runs in, if any."""
+    if "prefect" not in sys.modules:  # never imported: no flow run (and none to import it for)
+        return None
     try:
         from prefect.context import FlowRunContext
     except ImportError:

@@ -18,13 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from model.alternating import FRESH_STRONGER, INITIAL, TrainingStep, training_step
 from model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from model.faster_rcnn import FasterRCNN
 from model.training import train_detector, train_rpn
+from tasks.lazy_prefect import task
 from tasks import layout, plots
 from tasks.atomic import write_json
 from tasks.data import load_split, read_classes, read_manifest
@@ -127,7 +126,7 @@ def run_step(stage: str, params: Mapping[str, Any], progress: bool = True) -> di
     return metrics
 
 
-@task(name="train_step", cache_policy=NO_CACHE)
+@task(name="train_step")
 def train_step_task(stage: str, params: dict[str, Any]) -> dict[str, Any]:
     """Prefect task: one of the four training steps."""
     return run_step(stage, params)

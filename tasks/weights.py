@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from model.checkpoint import (
     build_from_content,
@@ -34,6 +32,7 @@ from model.alternating import Reset, reset_state
 from model.config import AnchorConfig, DetectorConfig, RPNConfig
 from model.devices import resolve_device
 from model.faster_rcnn import FasterRCNN
+from tasks.lazy_prefect import task
 from tasks import layout
 from tasks.data import read_classes
 from tasks.params import dataclass_from, get, run_seed, with_settings
@@ -122,7 +121,7 @@ def initialise(params: Mapping[str, Any]) -> dict[str, Any]:
     return {"classes": len(classes), "parameters": counts}
 
 
-@task(name="init_weights", cache_policy=NO_CACHE)
+@task(name="init_weights")
 def init_weights_task(params: dict[str, Any]) -> dict[str, Any]:
     from tasks.atomic import write_json
     from tasks.tracking import stage_run
