@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_in_process import run_main
 
-from model.data.coco import dataset_to_coco, load_coco, write_coco_json
+from model.data.coco import dataset_to_coco, load_coco, main, write_coco_json
 from model.data.records import DatasetError, DetectionDataset, ImageRecord, ObjectAnnotation
 
-REPO = Path(__file__).resolve().parents[1]
 BCCD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "BCCD" / "BCCD"
 
 
@@ -134,10 +132,7 @@ def test_to_coco_cli_on_bccd(tmp_path):
     from model.data.voc import load_voc
 
     out = tmp_path / "bccd_test.json"
-    completed = subprocess.run(
-        [sys.executable, "-m", "model.data.coco", "to-coco", "--voc-root", str(BCCD), "--split", "test", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
+    completed = run_main(main, "to-coco", "--voc-root", str(BCCD), "--split", "test", "--out", str(out))
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout == ""
     coco = json.loads(out.read_text())

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_in_process import run_main
 
+from model.data.__main__ import main as data_cli
 from model.data.loading import load_dataset
 from model.data.synthetic import SyntheticSpec, generate_synthetic_voc
 from model.data.validate import format_report, validate_dataset
@@ -17,7 +19,8 @@ SPEC = SyntheticSpec(num_images=8, image_size=(128, 96), seed=5, object_size=(20
 
 
 def run_validate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "model.data", "validate", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    """``python -m model.data validate ...`` (its ``main``, in-process)."""
+    return run_main(data_cli, "validate", *args)
 
 
 @pytest.fixture(scope="module")

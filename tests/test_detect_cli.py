@@ -1,14 +1,16 @@
-"""``python -m model.detect`` on a tiny checkpoint: JSON out, drawn image, clear errors."""
+"""``python -m model.detect`` on a tiny checkpoint: JSON out, drawn image, clear errors.
+
+The command line runs in-process (``cli_in_process.run_main``): its ``main`` is what the module runs.
+"""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_in_process import run_main
 from PIL import Image
 
 from model.checkpoint import save_checkpoint
@@ -17,7 +19,6 @@ from model.detect import detections_to_json, main
 from model.detections import Detections
 from model.faster_rcnn import FasterRCNN
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +39,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return checkpoint, image
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "model.detect", *args], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-
-
 def test_cli_prints_json_and_draws(files: tuple[Path, Path], tmp_path: Path) -> None:
     checkpoint, image = files
     out = tmp_path / "sub" / "out.png"
-    result = _run("--checkpoint", str(checkpoint), "--image", str(image), "--out", str(out),
+    result = run_main(main, "--checkpoint", str(checkpoint), "--image", str(image), "--out", str(out),
                   "--score-threshold", "0.5")
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)
@@ -68,7 +63,7 @@ def test_cli_bad_checkpoint_exits_non_zero_naming_the_file(files: tuple[Path, Pa
     _, image = files
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
-    result = _run("--checkpoint", str(broken), "--image", str(image))
+    result = run_main(main, "--checkpoint", str(broken), "--image", str(image))
     assert result.returncode != 0
     assert "broken.pt" in result.stderr and "Traceback" not in result.stderr
 

@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_in_process import run_main
 
 from model.detections import Detections
 from model.evaluation.results_io import write_voc_results
+from model.evaluation.voc import main
 from model.evaluation.voc_ap import evaluate_voc
 
-REPO = Path(__file__).resolve().parents[1]
 BCCD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "BCCD" / "BCCD"
 IMAGE_SET = BCCD / "ImageSets" / "Main" / "test.txt"
 
@@ -29,15 +29,13 @@ def test_split():
 
 
 def run_cli(results: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable, "-m", "model.evaluation.voc",
-            "--annotations", str(BCCD / "Annotations"),
-            "--image-set", str(IMAGE_SET),
-            "--results", str(results),
-            *extra,
-        ],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+    """``python -m model.evaluation.voc`` (its ``main``, in-process)."""
+    return run_main(
+        main,
+        "--annotations", str(BCCD / "Annotations"),
+        "--image-set", str(IMAGE_SET),
+        "--results", str(results),
+        *extra,
     )
 
 
