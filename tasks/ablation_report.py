@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 
 from model.ablations import ABLATION_ROWS, ALL_ROWS, AblationRow, check_rows
-from tasks.lazy_prefect import task
 from tasks import layout
 from tasks.atomic import write_json, write_text
+from tasks.lazy_prefect import task
 from tasks.noise import verdict_counts, with_verdicts
 from tasks.params import get
 from tasks.plots import save_figure

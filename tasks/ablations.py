@@ -35,11 +35,11 @@ from model.data.records import DetectionDataset
 from model.faster_rcnn import FasterRCNN
 from model.inference import propose_dataset
 from model.one_stage import load_one_stage
-from tasks.lazy_prefect import task
 from tasks import layout
 from tasks.atomic import write_json
 from tasks.data import load_split, read_manifest
 from tasks.evaluate import evaluate_detector
+from tasks.lazy_prefect import task
 from tasks.params import get, with_settings
 from tasks.proposals import SS_STAGE, load_cache
 from tasks.stages import DETECTOR_CHECKPOINTS, RPN_CHECKPOINTS, row_stage

@@ -13,9 +13,9 @@ from typing import Any
 
 
 from model.checkpoint import assemble_model, read_checkpoint, save_checkpoint
-from tasks.lazy_prefect import task
 from tasks import layout
 from tasks.atomic import write_json
+from tasks.lazy_prefect import task
 from tasks.params import get, with_settings
 
 

@@ -28,9 +28,9 @@ from model.data.loading import load_dataset
 from model.data.records import DatasetError, DetectionDataset
 from model.data.synthetic import SyntheticSpec, generate_synthetic_voc
 from model.data.validate import pipeline_problems
-from tasks.lazy_prefect import task
 from tasks import layout
 from tasks.atomic import publish_directory, write_json
+from tasks.lazy_prefect import task
 from tasks.params import ParamsError, dataclass_from, get, input_size
 
 

@@ -23,10 +23,10 @@ from model.evaluation import evaluate_voc, write_voc_results
 from model.evaluation.voc_ap import DEFAULT_IOU_THRESHOLD, check_options
 from model.faster_rcnn import FasterRCNN
 from model.inference import detect_dataset, propose_dataset
-from tasks.lazy_prefect import task
 from tasks import layout, plots
 from tasks.atomic import publish_directory, write_json
 from tasks.data import load_split, read_manifest
+from tasks.lazy_prefect import task
 from tasks.params import get
 from tasks.weights import device, load_model
 

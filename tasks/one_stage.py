@@ -20,11 +20,11 @@ from typing import Any
 
 from model.one_stage import OneStageDetector, save_one_stage, train_one_stage
 from model.training import TrainSchedule
-from tasks.lazy_prefect import task
 from tasks import layout, plots
 from tasks.atomic import write_json
 from tasks.data import load_split, read_classes, read_manifest
 from tasks.evaluate import evaluate_detector
+from tasks.lazy_prefect import task
 from tasks.params import get, training_schedule, with_settings
 from tasks.resume import resume_files
 from tasks.train import loss_summary, saved_progress

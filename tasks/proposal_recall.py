@@ -28,10 +28,10 @@ import numpy as np
 import pandas as pd
 
 from model.inference import propose_dataset
-from tasks.lazy_prefect import task
 from tasks import layout, plots
 from tasks.atomic import write_json, write_text
 from tasks.data import load_split, read_manifest
+from tasks.lazy_prefect import task
 from tasks.params import get
 from tasks.proposals import SS_STAGE, load_cache, measure_recall
 from tasks.weights import load_model

@@ -28,10 +28,10 @@ from model.proposal_cache import (
     load_proposal_cache,
     save_proposal_cache,
 )
-from tasks.lazy_prefect import task
 from tasks import layout, plots
 from tasks.atomic import write_json
 from tasks.data import load_split, read_manifest
+from tasks.lazy_prefect import task
 from tasks.params import get, input_size
 from tasks.weights import load_model
 

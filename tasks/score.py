@@ -16,11 +16,11 @@ from typing import Any
 
 
 from model.alternating import training_step
-from tasks.lazy_prefect import task
 from tasks import layout, plots
 from tasks.atomic import write_json
 from tasks.data import load_split, read_manifest
 from tasks.evaluate import evaluate_detector
+from tasks.lazy_prefect import task
 from tasks.params import get
 from tasks.proposals import load_cache
 from tasks.weights import load_model

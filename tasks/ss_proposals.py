@@ -18,10 +18,10 @@ from typing import Any
 
 
 from model.selective_search import selective_search_dataset
-from tasks.lazy_prefect import task
 from tasks import layout
 from tasks.atomic import write_json
 from tasks.data import read_manifest
+from tasks.lazy_prefect import task
 from tasks.params import get
 from tasks.settings import check_settings
 from tasks.proposals import SS_STAGE, cache_splits, ss_fingerprint

@@ -21,10 +21,10 @@ from model.data.images import load_image_rgb
 from model.data.transforms import prepare_image
 from model.selective_search import selective_search
 from model.timing import device_name, time_systems
-from tasks.lazy_prefect import task
 from tasks import layout
 from tasks.atomic import write_json
 from tasks.data import load_split, read_manifest
+from tasks.lazy_prefect import task
 from tasks.params import get
 from tasks.ss_proposals import ss_settings
 from tasks.weights import load_model

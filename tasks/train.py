@@ -23,10 +23,10 @@ from model.alternating import FRESH_STRONGER, INITIAL, TrainingStep, training_st
 from model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from model.faster_rcnn import FasterRCNN
 from model.training import train_detector, train_rpn
-from tasks.lazy_prefect import task
 from tasks import layout, plots
 from tasks.atomic import write_json
 from tasks.data import load_split, read_classes, read_manifest
+from tasks.lazy_prefect import task
 from tasks.params import get, training_schedule
 from tasks.proposals import load_cache
 from tasks.resume import ResumeFiles, resume_files

@@ -32,9 +32,9 @@ from model.alternating import Reset, reset_state
 from model.config import AnchorConfig, DetectorConfig, RPNConfig
 from model.devices import resolve_device
 from model.faster_rcnn import FasterRCNN
-from tasks.lazy_prefect import task
 from tasks import layout
 from tasks.data import read_classes
+from tasks.lazy_prefect import task
 from tasks.params import dataclass_from, get, run_seed, with_settings
 
 T = TypeVar("T")
