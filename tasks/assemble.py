@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-
 from model.checkpoint import assemble_model, read_checkpoint, save_checkpoint
 from tasks import layout
 from tasks.atomic import write_json

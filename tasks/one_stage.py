@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-
 from model.one_stage import OneStageDetector, save_one_stage, train_one_stage
 from model.training import TrainSchedule
 from tasks import layout, plots

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-
 from model.alternating import PROPOSAL_CACHES, SS_PROPOSALS
 from model.evaluation import proposal_recall
 from model.evaluation.recall import DEFAULT_IOU_THRESHOLDS

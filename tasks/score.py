@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-
 from model.alternating import training_step
 from tasks import layout, plots
 from tasks.atomic import write_json

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-
 from model.selective_search import selective_search_dataset
 from tasks import layout
 from tasks.atomic import write_json

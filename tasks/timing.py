@@ -15,7 +15,6 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-
 from model.ablations import PAPER_TEST_COUNTS
 from model.data.images import load_image_rgb
 from model.data.transforms import prepare_image

@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-
 from model.alternating import FRESH_STRONGER, INITIAL, TrainingStep, training_step
 from model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from model.faster_rcnn import FasterRCNN
