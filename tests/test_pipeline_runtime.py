@@ -64,7 +64,8 @@ def test_plain_run_calls_the_functions_without_prefect(monkeypatch: pytest.Monke
 def test_stage_flow_sees_declared_params_and_tracking_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     params = stage_params("step3_rpn")
-    assert set(params) == {"data", "model", "train", "tracking"}
+    assert set(params) == {"data", "model", "train", "pipeline", "tracking"}
+    assert set(params["pipeline"]) == {"seed"}  # the run's place in a seed study, not init_seed
     assert set(params["model"]) == {"rpn"}
     assert set(params["train"]) == {"step3_rpn"}
     assert set(params["data"]) == {"input"}
