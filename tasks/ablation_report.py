@@ -34,6 +34,7 @@ from tasks.lazy_prefect import task
 from tasks.noise import verdict_counts, with_verdicts
 from tasks.params import get
 from tasks.plots import save_figure
+from tasks.report_joint import joint_comparison, joint_markdown, joint_summary
 from tasks.report_sections import headline_table, recall_table_at, sections_markdown
 
 COLUMNS = ("row", "what changes", "paper mAP", "paper change", "our mAP (%)", "our change", "signs agree")
@@ -267,7 +268,7 @@ def _optional_json(path: Path) -> dict[str, Any] | None:
 
 
 def report_sections(table: pd.DataFrame) -> tuple[str, dict[str, object]]:
-    """The headline, recall-at-300 and timing sections (Markdown) and their summary metrics."""
+    """The headline, recall-at-300, timing and joint-training sections (Markdown) and their summary metrics."""
     headline = headline_table(table["our mAP (%)"].to_dict())
     recall_csv = layout.report("recall_vs_iou.csv")
     recall = recall_table_at(pd.read_csv(recall_csv)) if recall_csv.is_file() else None
@@ -281,7 +282,8 @@ def report_sections(table: pd.DataFrame) -> tuple[str, dict[str, object]]:
                                  for k, line in recall.iterrows()}
     if timing is not None:
         summary["proposal_ratio_ss_over_rpn"] = timing.get("proposal_ratio_ss_over_rpn")
-    return sections_markdown(headline, recall, timing), summary
+    joint = joint_comparison()
+    return sections_markdown(headline, recall, timing) + "\n" + joint_markdown(joint), {**summary, **joint_summary(joint)}
 
 
 def build_report(rows: Sequence[AblationRow] = ALL_ROWS) -> tuple[pd.DataFrame, dict[str, Path], dict[str, object]]:

@@ -24,6 +24,9 @@ RESUME = OUTPUTS / ".resume"
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 REPORTS = Path("reports")
+#: The key of a training stage's metrics file holding its training wall time in seconds (the
+#: process's that finished it: after a resume, the part it ran); the report sums them.
+WALL_SECONDS = "wall_seconds"
 
 
 def code_root() -> Path:

@@ -170,6 +170,16 @@ def proposal_stage(cache: str) -> Stage:
 
 STEP1, STEP2, STEP3, STEP4 = FOUR_STEPS
 
+# Approximate joint training (tasks/joint.py), compared with the four steps in the report
+# (tasks/report_joint.py).
+JOINT_TRAIN = "joint_train"
+JOINT_EVALUATE = "joint_evaluate"
+#: The joint model's VOC devkit results files.
+JOINT_RESULTS = layout.OUTPUTS / JOINT_EVALUATE / "results"
+#: The stages whose metrics the report's joint-vs-alternating section reads: the four
+#: training steps (wall time), ``evaluate`` (the shared model's mAP), then the joint pair.
+JOINT_COMPARISON: tuple[str, ...] = (*(step.name for step in FOUR_STEPS), "evaluate", JOINT_TRAIN, JOINT_EVALUATE)
+
 #: detector of an ablation row -> the checkpoint it is read from.
 DETECTOR_CHECKPOINTS: Mapping[str, str] = {
     "shared": _ckpt("final"), "unshared": _ckpt(STEP2.name), "ss": _ckpt(SS_FAST_RCNN.name),
@@ -245,6 +255,15 @@ REGISTRY: tuple[Stage | StageGroup, ...] = (
           plots=_plot("evaluate", "pr_shared", "pr_unshared")),
     score_stage(STEP2),
     score_stage(STEP4),
+    # ---------------------------------------------------------------- approximate joint training (tasks/joint.py)
+    Stage(JOINT_TRAIN, "Approximate joint training (paper sec. 3.2 ii): shared convs + RPN + detector, one loss, "
+          "from init_weights with the alternating steps' input scale and RoI sampling.",
+          "tasks.joint:joint_train_task", (*INPUT, "model.rpn", "model.train_proposals", "model.roi", "train.joint"),
+          (_ckpt(INITIAL), PREPARED), outs=(_ckpt(JOINT_TRAIN),), plots=_plot(JOINT_TRAIN, "loss")),
+    Stage(JOINT_EVALUATE, "VOC07 mAP, per-class AP, COCO AP of the joint model with evaluate's test settings; "
+          "registered in MLflow.", "tasks.joint:joint_evaluate_task",
+          (*INPUT, "model.test_proposals", "model.test", "evaluate.metric"), (_ckpt(JOINT_TRAIN), PREPARED),
+          outs=(str(JOINT_RESULTS),), plots=_plot(JOINT_EVALUATE, "pr")),
     # ---------------------------------------------------------------- ablations (tasks/ablations.py)
     Stage(SS_PROPOSALS, "Selective search (fast, ~2000 boxes) on train + test, cached with its fingerprint; recall.",
           "tasks.ss_proposals:ss_proposals_task", (SS_SETTINGS, *RECALL), (PREPARED,), outs=_caches(SS_PROPOSALS),
@@ -274,7 +293,7 @@ REGISTRY: tuple[Stage | StageGroup, ...] = (
     Stage("ablation_report", "The ablation table beside the paper's numbers, the headline, recall at 300 and "
           "Table 5: reports/ablations.{md,csv,png}, printed.", "tasks.ablation_report:ablation_report_task", (),
           (*(str(layout.row_metrics(row.key)) for row in ALL_ROWS), str(layout.report("recall_vs_iou.csv")),
-           str(layout.metrics("timing"))),
+           str(layout.metrics("timing")), *(str(layout.metrics(s)) for s in JOINT_COMPARISON)),
           reports=(str(layout.report("ablations.md")), str(layout.report("ablations.csv"))),
           plots=(str(layout.report("ablations.png")),)),
 )

@@ -14,7 +14,8 @@ Also: the ``device`` tag is the device the stage resolved (``cpu``, ``cuda:0``) 
 ``device_name`` the GPU's name (``cpu`` on the CPU); the training stages log system
 metrics (CPU, memory; GPU with ``nvidia-ml-py``); a run that reads a
 split of the prepared dataset logs it as an MLflow dataset (``log_dataset_read``); the
-final model is registered in the Model Registry (``register_detector``).
+final model is registered in the Model Registry (``register_detector``), and the joint
+model beside it (``joint_model_name``).
 
 ``mlflow`` is imported lazily: importing this module stays cheap.
 """
@@ -252,6 +253,11 @@ def _metric_key(name: str) -> str:
 def registered_model_name(experiment: str) -> str:
     """The Model Registry name of the pipeline's final model in ``experiment``."""
     return f"{experiment}-final"
+
+
+def joint_model_name(experiment: str) -> str:
+    """The Model Registry name of the approximate-joint-training model (``joint_evaluate``)."""
+    return f"{experiment}-joint"
 
 
 def device_tags() -> dict[str, str]:
