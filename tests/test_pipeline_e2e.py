@@ -389,7 +389,7 @@ def test_rpn_parameter_change_reruns_only_dependent_stages(
     skipped = set(re.findall(r"Stage '([^']+)' didn't change, skipping", output))
     assert skipped == set(STAGES) - set(ran)
     assert json.loads(run(["dvc", "status", "--json"], repo, env).stdout) == {}
-    # An RPN labelling parameter is declared by the two RPN steps only.
+    # An RPN labelling parameter is declared by the RPN steps and the joint training only.
     params = repo / "params.yaml"
     original = params.read_text()
     set_param(repo, "model.rpn.positive_iou", 0.65)
@@ -397,7 +397,7 @@ def test_rpn_parameter_change_reruns_only_dependent_stages(
         changed = set(json.loads(run(["dvc", "status", "--json"], repo, env).stdout))
     finally:
         params.write_text(original)
-    assert changed == {"step1_rpn", "step3_rpn", "strong_rpn"}
+    assert changed == {"step1_rpn", "step3_rpn", "strong_rpn", "joint_train"}
     # The re-run's MLflow runs form a new pipeline execution (params changed).
     runs = mlflow_runs(repo)
     first_id = {r.data.tags["pipeline_run_id"] for r in runs if r.data.tags["stage"] == "step1_rpn"}
@@ -468,3 +468,82 @@ def test_pipeline_flow_gives_the_same_files_and_a_true_lock(
             assert len(rows) == len(ROW_KEYS) and all(t.state.is_completed() for t in rows)
 
     asyncio.run(check())
+
+
+# --------------------------------------------------------------------------- joint training
+# Reads the shared run's outputs, then changes the repo (kills and resumes joint_train): keep last.
+
+JOINT_ITERATIONS = 12
+
+
+def test_joint_training_stages_alone_resumed_scored_reported_and_registered(
+    repro_repo: dict, env: dict[str, str]
+) -> None:
+    import mlflow
+    import torch
+
+    repo = repro_repo["repo"]
+    # The shared run trained and scored the joint model, and timed every training stage.
+    joint = json.loads((repo / "metrics/joint_train.json").read_text())
+    assert joint["iterations"] == 4 and joint["resumed_from"] == 0 and joint["wall_seconds"] > 0
+    for stage in ("step1_rpn", "step2_fast_rcnn", "step3_rpn", "step4_fast_rcnn"):
+        assert json.loads((repo / f"metrics/{stage}.json").read_text())["wall_seconds"] > 0, stage
+    scores = json.loads((repo / "metrics/joint_evaluate.json").read_text())
+    assert 0.0 <= scores["mAP"] <= 1.0 and set(scores["ap"]) == {"circle", "square", "triangle"}
+    assert "AP50" in scores["coco"]
+    assert sorted(p.name for p in (repo / "outputs/joint_evaluate/results").iterdir())
+    report = (repo / "reports/ablations.md").read_text()
+    assert "## Approximate joint training vs alternating (paper sec. 3.2)" in report
+    assert "| approximate joint training | " in report and "| shared (alternating, 4 steps) | " in report
+    summary = json.loads((repo / "metrics/ablation_report.json").read_text())["joint"]
+    assert summary["map_joint"] == pytest.approx(scores["mAP"])
+    assert summary["wall_seconds_joint"] == joint["wall_seconds"]
+    # MLflow: losses of every iteration, the wall time, the registered model with its mAP.
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo.resolve()}/mlflow.db")
+    by_stage = {r.data.tags["stage"]: r for r in mlflow_runs(repo)}
+    train_run, eval_run = by_stage["joint_train"], by_stage["joint_evaluate"]
+    assert [m.step for m in client.get_metric_history(train_run.info.run_id, "train/total")] == [1, 2, 3, 4]
+    assert {"train/rpn_cls", "train/det_reg", "wall_seconds"} <= set(train_run.data.metrics)
+    versions = client.search_model_versions("name = 'faster-rcnn-alternating-joint'")
+    assert len(versions) == 1 and eval_run.data.tags["registered_model"].endswith(f"/{versions[0].version}")
+    assert float(versions[0].tags["mAP"]) == pytest.approx(scores["mAP"], abs=1e-5)
+    # The detect CLI runs the joint checkpoint, from the file and from the registry.
+    image = next(p for p in sorted((repo / "data/prepared").rglob("*")) if p.suffix in (".jpg", ".png"))
+    tracking = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{repo.resolve()}/mlflow.db"}
+    for source in ("outputs/joint_train/model.pt", f"models:/faster-rcnn-alternating-joint/{versions[0].version}"):
+        detected = run([sys.executable, "-m", "model.detect", "--checkpoint", source, "--image", str(image),
+                        "--score-threshold", "0.0"], repo, tracking)
+        found = json.loads(detected.stdout)
+        assert isinstance(found, list) and all(d["class"] in ("circle", "square", "triangle") for d in found)
+
+    # `dvc repro joint_evaluate` runs the joint pair alone; killed after a checkpoint it resumes.
+    set_param(repo, "train.joint.iterations", JOINT_ITERATIONS)
+    set_param(repo, "train.joint.checkpoint_every", 2)
+    resume_dir = repo / "outputs" / ".resume"
+    proc = subprocess.Popen(["dvc", "repro", "joint_evaluate"], cwd=repo, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saved = None
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            found_files = list(resume_dir.glob("joint_train-*.pt"))
+            if found_files:
+                saved = int(torch.load(found_files[0], weights_only=True)["train_state"]["iteration"])
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert saved is not None and 2 <= saved < JOINT_ITERATIONS
+    rerun = run(["dvc", "repro", "joint_evaluate"], repo, env)
+    assert sorted(ran_stages(rerun.stdout + rerun.stderr)) == ["joint_evaluate", "joint_train"]
+    metrics = json.loads((repo / "metrics/joint_train.json").read_text())
+    assert metrics["iterations"] == JOINT_ITERATIONS and saved <= metrics["resumed_from"] < JOINT_ITERATIONS
+    assert not list(resume_dir.glob("joint_train-*"))
+    runs = [r for r in mlflow_runs(repo) if r.data.tags["stage"] == "joint_train"
+            and r.data.params.get("train.joint.iterations") == str(JOINT_ITERATIONS)]
+    assert len(runs) == 1 and runs[0].data.tags.get("resumed") == "true" and runs[0].info.status == "FINISHED"
+    steps = {m.step for m in client.get_metric_history(runs[0].info.run_id, "train/total")}
+    assert steps == set(range(1, JOINT_ITERATIONS + 1))
