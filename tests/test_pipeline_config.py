@@ -159,8 +159,9 @@ def test_dvc_yaml_step_wiring_follows_the_paper() -> None:
 
 def test_rpn_only_params_are_declared_only_by_rpn_stages() -> None:
     users = {name for name, keys in STAGE_PARAMS.items() if "model.rpn" in keys}
-    # The stronger-backbone RPN of the ablations trains exactly as step 1.
-    assert users == {"step1_rpn", "step3_rpn", "strong_rpn"}
+    # The stronger-backbone RPN of the ablations trains exactly as step 1; the joint training
+    # labels anchors and trains an RPN too.
+    assert users == {"step1_rpn", "step3_rpn", "strong_rpn", "joint_train"}
     step3_users = {name for name, keys in STAGE_PARAMS.items() if "train.step3_rpn" in keys}
     assert step3_users == {"step3_rpn"}
 
