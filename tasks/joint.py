@@ -35,7 +35,7 @@ from tasks.atomic import publish_directory, write_json
 from tasks.data import load_split, read_manifest
 from tasks.evaluate import evaluate_detector
 from tasks.lazy_prefect import task
-from tasks.params import dataclass_from, get
+from tasks.params import get, training_schedule
 from tasks.resume import resume_files
 from tasks.stages import JOINT_EVALUATE as EVALUATE_STAGE
 from tasks.stages import JOINT_RESULTS as RESULTS_DIR
@@ -48,7 +48,7 @@ SCHEDULE_KEY = "train.joint"
 
 def schedule(params: Mapping[str, Any]) -> TrainSchedule:
     """``train.joint`` as a ``TrainSchedule``; unknown keys are refused."""
-    return dataclass_from(TrainSchedule, dict(get(params, SCHEDULE_KEY)), SCHEDULE_KEY)
+    return training_schedule(params, SCHEDULE_KEY)
 
 
 def train_inputs() -> list[Path]:

@@ -258,7 +258,7 @@ REGISTRY: tuple[Stage | StageGroup, ...] = (
     # ---------------------------------------------------------------- approximate joint training (tasks/joint.py)
     Stage(JOINT_TRAIN, "Approximate joint training (paper sec. 3.2 ii): shared convs + RPN + detector, one loss, "
           "from init_weights with the alternating steps' input scale and RoI sampling.",
-          "tasks.joint:joint_train_task", (*INPUT, "model.rpn", "model.train_proposals", "model.roi", "train.joint"),
+          "tasks.joint:joint_train_task", (*INPUT, "model.rpn", "model.train_proposals", "model.roi", "train.joint", SEED),
           (_ckpt(INITIAL), PREPARED), outs=(_ckpt(JOINT_TRAIN),), plots=_plot(JOINT_TRAIN, "loss")),
     Stage(JOINT_EVALUATE, "VOC07 mAP, per-class AP, COCO AP of the joint model with evaluate's test settings; "
           "registered in MLflow.", "tasks.joint:joint_evaluate_task",
