@@ -453,6 +453,7 @@ def test_pipeline_flow_gives_the_same_files_and_a_true_lock(
     result = run([sys.executable, "-m", "flows.pipeline"], repo, {**env, "FRCNN_ABLATION_WORKERS": "2"})
     summary = result.stdout.strip().splitlines()[-1]
     assert "'ran': [" + ", ".join(f"'{s}'" for s in STAGES) + "]" in summary
+    assert "'artifacts': ['headline-numbers', 'ablation-report']" in summary  # shown on the flow run's page
     # dvc.lock is true: DVC sees nothing to do.
     assert json.loads(run(["dvc", "status", "--json"], repo, env).stdout) == {}
     # The same files as under `dvc repro` (CPU training is deterministic for a seed).
