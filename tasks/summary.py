@@ -5,13 +5,13 @@ diff`` and ``dvc exp show`` print these few numbers (a row that fits a terminal)
 other stage's metrics file stays a plain uncached output that ``dvc metrics show <file>``
 still reads. The numbers (flat keys, short: they are column headers):
 
-- ``mAP``, ``unshared_mAP``: VOC07 mAP of the final (shared) model and of the unshared pair;
+- ``mAP``, ``unshared``: VOC07 mAP of the final (shared) model and of the unshared pair;
 - ``coco_AP``: COCO AP (IoU 0.5:0.95) of the final model;
-- ``recall300_iou50``, ``recall300_iou70``: recall of the final model's RPN with 300
-  proposals per image at IoU 0.5 and 0.7 (the ``proposal_recall`` stage);
-- ``signs_agree`` of ``rows_compared``: ablation rows whose change has the paper's sign;
-  ``within_noise``: rows whose change is smaller than the seed-to-seed spread (0 with one seed);
-- ``train_seconds``: wall time of the training stages, summed (each records its own; a
+- ``R300_50``, ``R300_70``: recall of the final model's RPN with 300 proposals per image
+  at IoU 0.5 and 0.7 (the ``proposal_recall`` stage);
+- ``agree`` of ``compared``: ablation rows whose change has the paper's sign; ``noise``:
+  rows whose change is smaller than the seed-to-seed spread (0 with one seed);
+- ``train_s``: wall time in seconds of the training stages (their ``train_seconds``), summed (each records its own; a
   resumed stage counts the part it ran last).
 
 The stage also ends the execution's MLflow parent run with these numbers (``tasks.tracking``).
@@ -69,20 +69,20 @@ def summarize(metrics: Mapping[Path, Mapping[str, Any]]) -> dict[str, float | in
     evaluate, recall, report = (layout.metrics(s) for s in ("evaluate", "proposal_recall", "ablation_report"))
     summary: dict[str, float | int] = {
         "mAP": _number(evaluate, metrics[evaluate], "mAP"),
-        "unshared_mAP": _number(evaluate, metrics[evaluate], "unshared_mAP"),
+        "unshared": _number(evaluate, metrics[evaluate], "unshared_mAP"),
         "coco_AP": _number(evaluate, metrics[evaluate], "shared", "coco", "AP"),
     }
-    for iou, name in ((0.5, "recall300_iou50"), (0.7, "recall300_iou70")):
+    for iou, name in ((0.5, "R300_50"), (0.7, "R300_70")):
         summary[name] = _number(recall, metrics[recall], "rpn_shared", "recall", "300", recall_key(iou))
-    summary["signs_agree"] = int(_number(report, metrics[report], "signs_agree"))
-    summary["rows_compared"] = int(_number(report, metrics[report], "rows_compared"))
+    summary["agree"] = int(_number(report, metrics[report], "signs_agree"))
+    summary["compared"] = int(_number(report, metrics[report], "rows_compared"))
     verdicts = metrics[report].get("verdicts") or {}
-    summary["within_noise"] = int(verdicts.get("within noise", 0))
+    summary["noise"] = int(verdicts.get("within noise", 0))
     seconds = 0.0
     for stage in TIMED_STAGES:
         path = layout.metrics(stage)
         seconds += _number(path, metrics[path], "train_seconds")
-    summary["train_seconds"] = round(seconds, 1)
+    summary["train_s"] = round(seconds, 1)
     return summary
 
 

@@ -28,8 +28,8 @@ def _sources(seconds: float = 2.5) -> dict[Path, dict]:
 def test_summary_takes_each_headline_number_from_its_stage() -> None:
     got = summary.summarize(_sources())
     assert got == {
-        "mAP": 0.6, "unshared_mAP": 0.55, "coco_AP": 0.3, "recall300_iou50": 0.75, "recall300_iou70": 0.25,
-        "signs_agree": 9, "rows_compared": 13, "within_noise": 3, "train_seconds": round(2.5 * len(TIMED_STAGES), 1),
+        "mAP": 0.6, "unshared": 0.55, "coco_AP": 0.3, "R300_50": 0.75, "R300_70": 0.25,
+        "agree": 9, "compared": 13, "noise": 3, "train_s": round(2.5 * len(TIMED_STAGES), 1),
     }
     # Every training stage's time is counted, the one-stage detector's included.
     assert {"step1_rpn", "step4_fast_rcnn", "ss_fast_rcnn", "strong_rpn", "one_stage"} <= set(TIMED_STAGES)
