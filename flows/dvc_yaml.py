@@ -85,16 +85,20 @@ def _list(key: str, values: list[str], indent: str, uncached: bool = False) -> l
 
 
 def _body(name: str, desc: str, params: tuple[str, ...], deps: list[str], outs: tuple[str, ...],
-          reports: tuple[str, ...], metrics: str, plots: tuple[str, ...], indent: str) -> list[str]:
+          reports: tuple[str, ...], metrics: str, plots: tuple[str, ...], indent: str, headline: bool = False) -> list[str]:
+    """A stage's keys. Its metrics file goes under ``metrics:`` only for the headline stage;
+    otherwise it is one more uncached out, so ``dvc metrics show`` / ``dvc exp show`` stay narrow."""
     lines = [f"{indent}desc: {_quoted(desc)}", f"{indent}cmd: sh {RUNNER_SCRIPT} {name}"]
     lines += _flow_list("deps", deps, indent)
     lines += _flow_list("params", list(params), indent)
-    if outs or reports:
+    uncached = (*reports, *(() if headline else (metrics,)))
+    if outs or uncached:
         lines.append(f"{indent}outs:")
         lines += [f"{indent}  - {o}" for o in outs]
-        for report in reports:
+        for report in uncached:
             lines += [f"{indent}  - {report}:", f"{indent}      cache: false"]
-    lines += _list("metrics", [metrics], indent, uncached=True)
+    if headline:
+        lines += _list("metrics", [metrics], indent, uncached=True)
     lines += _list("plots", list(plots), indent, uncached=True)
     return lines
 
@@ -107,7 +111,7 @@ def render(root: Path = ROOT) -> str:
                 lines.append("  # ---------------------------------------------------------------- ablations (tasks/ablations.py)")
             lines.append(f"  {entry.name}:")
             lines += _body(entry.name, entry.desc, entry.params, [*entry.inputs, *code_deps(entry, root)], entry.outs,
-                           entry.reports, entry.metrics, entry.plots, "    ")
+                           entry.reports, entry.metrics, entry.plots, "    ", entry.headline)
             continue
         lines.append(f"  {entry.name}:")
         lines += [f"    # {line}" for line in entry.comment.splitlines()]

@@ -20,7 +20,9 @@ then commits each; with 1 (the default) they run one after another like every st
 
 ``overrides`` (Hydra, like ``dvc exp run -S``) re-compose params.yaml from conf/ first,
 e.g. ``["data=bccd", "train=cpu"]``. ``FRCNN_PIPELINE_RUN_ID`` is set to the flow run's
-id so that every stage's MLflow run carries it as ``pipeline_run_id``.
+id so that every stage's MLflow run carries it as ``pipeline_run_id``. At the end the
+headline numbers and the ablation report become artifacts of the flow run
+(``flows.artifacts``), shown on its page in the Prefect UI.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import flows  # noqa: F401  (Prefect defaults before prefect is imported)
-from flows.runtime import call_flow, in_flow_run, run_flow
+from flows.artifacts import publish_results
+from flows.runtime import call, call_flow, in_flow_run, run_flow
 from flows.stage import configure_threads, stage_call, stage_params
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -154,7 +157,8 @@ def pipeline_flow(
         leftover.update(stale_stages(root, stage))
     if leftover:
         raise RuntimeError(f"dvc status not clean after the pipeline ran: {leftover}")
-    return {"ran": ran, "skipped": skipped, "pipeline_run_id": os.environ[PIPELINE_RUN_ENV]}
+    artifacts = call(publish_results, str(root)) if in_flow_run() else []
+    return {"ran": ran, "skipped": skipped, "pipeline_run_id": os.environ[PIPELINE_RUN_ENV], "artifacts": artifacts}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,7 +41,10 @@ RUNNER_MODULE = "flows/stage.py"
 class Stage:
     """One DVC stage. ``outs`` are cached by DVC; ``reports`` are outputs kept out of the
     cache (small text files); ``plots`` are PNGs (not cached); its metrics file is
-    ``layout.metrics(name)`` (``layout.row_metrics(key)`` for a row)."""
+    ``layout.metrics(name)`` (``layout.row_metrics(key)`` for a row). Only a ``headline``
+    stage's metrics file is declared as DVC ``metrics:`` (what ``dvc metrics show`` and
+    ``dvc exp show`` print: the summary's few numbers); every other one is an uncached
+    out, a file ``dvc metrics show <file>`` reads on request."""
 
     name: str
     desc: str
@@ -53,6 +56,7 @@ class Stage:
     plots: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
     metrics: str = ""
+    headline: bool = False
 
     def __post_init__(self) -> None:
         if not self.metrics:
@@ -224,6 +228,13 @@ ABLATION_ROWS = StageGroup(
     "proposal-count sweep): ablation@<row>. Each tests a trained model: an evaluation, no training.",
 )
 
+#: The training stages: each records its wall time (``wall_seconds``), summed by the summary.
+TIMED_STAGES: tuple[str, ...] = (*TRAINING_STEPS, "one_stage")
+#: What the summary stage reads: the metrics files of the stages that measured its numbers.
+SUMMARY_INPUTS: tuple[str, ...] = tuple(
+    str(layout.metrics(s)) for s in ("evaluate", "proposal_recall", "ablation_report", *TIMED_STAGES)
+)
+
 #: Every stage in pipeline order (dvc.yaml's order); the ablation rows' group in its place.
 REGISTRY: tuple[Stage | StageGroup, ...] = (
     Stage("prepare_data", "Generate the synthetic dataset (or check an external one) and write its manifest.",
@@ -296,6 +307,9 @@ REGISTRY: tuple[Stage | StageGroup, ...] = (
            str(layout.metrics("timing")), *(str(layout.metrics(s)) for s in JOINT_COMPARISON)),
           reports=(str(layout.report("ablations.md")), str(layout.report("ablations.csv"))),
           plots=(str(layout.report("ablations.png")),)),
+    Stage("summary", "The headline numbers of the execution (mAP, COCO AP, RPN recall at 300, ablation signs, "
+          "training time): the pipeline's DVC metrics; ends the MLflow parent run.", "tasks.summary:summary_task", (),
+          SUMMARY_INPUTS, headline=True),
 )
 
 

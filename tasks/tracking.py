@@ -10,6 +10,14 @@ Every run carries the tags ``pipeline_run_id`` (see ``pipeline_run_id``), ``stag
 and ``step`` (1-4 for the alternating steps), so the UI can filter one execution of
 the pipeline (``tags.pipeline_run_id = '...'``) and compare steps across executions.
 
+One execution is also one parent run (tag ``pipeline_parent = true``, named
+``pipeline <id>``) with every stage's run nested under it (``mlflow.parentRunId``). Each
+stage is its own process under ``dvc repro``, so there is no parent process to open it:
+the first stage run of an execution creates it, later ones find it by its
+``pipeline_run_id`` (``parent_run``). Each stage adds the params it read to it (the parent
+holds the union, one value per key as params.yaml has one); the ``summary`` stage logs
+the headline numbers, the report and the recall plot on it and ends it (``finish_parent_run``).
+
 Also: the ``device`` tag is the device the stage resolved (``cpu``, ``cuda:0``) and
 ``device_name`` the GPU's name (``cpu`` on the CPU); the training stages log system
 metrics (CPU, memory; GPU with ``nvidia-ml-py``); a run that reads a
@@ -115,6 +123,55 @@ def _experiment_id(mlflow: Any, name: str, location: str | None) -> str:
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+#: Tag that marks the parent run of a pipeline execution.
+PARENT_TAG = "pipeline_parent"
+# One parent per execution also when stages of one process start runs from several threads.
+_parent_lock = threading.Lock()
+
+
+def parent_run(mlflow: Any, experiment_id: str, run_id: str | None = None) -> str:
+    """The id of the parent run of execution ``run_id`` (default ``pipeline_run_id()``), created if absent."""
+    run_id = run_id or pipeline_run_id()
+    client = mlflow.MlflowClient()
+    query = f"tags.pipeline_run_id = '{run_id}' and tags.{PARENT_TAG} = 'true'"
+    with _parent_lock:
+        found = client.search_runs([experiment_id], filter_string=query, max_results=1,
+                                   order_by=["attributes.start_time ASC"])
+        if found:
+            return found[0].info.run_id
+        tags = {"pipeline_run_id": run_id, PARENT_TAG: "true", "git_commit": git_commit() or "",
+                "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}
+        return client.create_run(experiment_id, tags=tags, run_name=f"pipeline {run_id}").info.run_id
+
+
+def _add_params(client: Any, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log the keys of ``params`` (flattened) that run ``run_id`` does not have yet."""
+    from mlflow.entities import Param
+
+    existing = client.get_run(run_id).data.params
+    fresh = [Param(k, _param_value(v)) for k, v in flatten(params).items() if k not in existing]
+    for start in range(0, len(fresh), 90):
+        client.log_batch(run_id, params=fresh[start : start + 90])
+
+
+def finish_parent_run(experiment: str, metrics: Mapping[str, Any], artifacts: list[Path]) -> str:
+    """Log ``metrics`` and ``artifacts`` on this execution's parent run and mark it FINISHED; returns its id."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    location = default_artifact_location()
+    mlflow.set_tracking_uri(tracking_uri())
+    client = mlflow.MlflowClient()
+    run_id = parent_run(mlflow, _experiment_id(mlflow, experiment, location))
+    timestamp = int(time.time() * 1000)
+    flat = _flatten_metrics(metrics)
+    client.log_batch(run_id, metrics=[Metric(k, v, timestamp, 0) for k, v in flat.items()])
+    for path in artifacts:
+        client.log_artifact(run_id, str(path), artifact_path=Path(path).parent.name)
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
 
 
 class StageRun:
@@ -345,6 +402,8 @@ def stage_run(
     }
     if step is not None:
         tags["step"] = str(step)
+    parent = parent_run(mlflow, experiment_id, tags["pipeline_run_id"])
+    tags["mlflow.parentRunId"] = parent
     flow_run = _prefect_flow_run_id()
     if flow_run:
         tags["prefect_flow_run_id"] = flow_run
@@ -365,6 +424,7 @@ def stage_run(
             _log_input(mlflow, *read)
         _unlogged_reads.reads = []
         handle.log_params(params)
+        _add_params(mlflow.MlflowClient(), parent, params)
         yield handle
         handle.flush()
         status = "FINISHED"

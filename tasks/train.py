@@ -112,7 +112,9 @@ def run_step(stage: str, params: Mapping[str, Any], progress: bool = True) -> di
             "iterations": schedule.iterations,
             "resumed_from": resumed_from,
             "final_losses": loss_summary(history),
-            # The one value of the file that differs between identical runs.
+            # This process's training time (after a resume: the part it ran); summed by the
+            # summary stage and the joint comparison. The one value of the file that differs
+            # between identical runs.
             layout.WALL_SECONDS: round(time.monotonic() - started, 1),
         }
         plots.loss_curves(history, layout.plot(stage, "loss"), f"{stage}: training losses")

@@ -118,7 +118,16 @@ def mlflow_runs(repo: Path) -> list:
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo.resolve()}/mlflow.db")
     experiment = client.get_experiment_by_name("faster-rcnn-alternating")
     assert experiment is not None, "no MLflow experiment was created"
-    return client.search_runs([experiment.experiment_id], max_results=1000)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return [r for r in runs if r.data.tags.get("pipeline_parent") != "true"]  # the stages' runs
+
+
+def parent_runs(repo: Path) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo.resolve()}/mlflow.db")
+    experiment = client.get_experiment_by_name("faster-rcnn-alternating")
+    return client.search_runs([experiment.experiment_id], "tags.pipeline_parent = 'true'")
 
 
 def set_param(repo: Path, dotted: str, value: object) -> None:
@@ -252,6 +261,11 @@ def test_each_stage_logged_an_mlflow_run(repro_repo: dict) -> None:
     assert all(r.info.status == "FINISHED" for r in runs)
     ids = {r.data.tags["pipeline_run_id"] for r in runs}
     assert len(ids) == 1 and next(iter(ids)).startswith("repro-")
+    # One parent run for the execution, every stage's run nested under it, ended by the summary.
+    [parent] = [p for p in parent_runs(repro_repo["repo"]) if p.data.tags["pipeline_run_id"] in ids]
+    assert parent.info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    assert parent.data.metrics["mAP"] == json.loads((repro_repo["repo"] / "metrics/summary.json").read_text())["mAP"]
     by_stage = {r.data.tags["stage"]: r for r in runs}
     # Stages ran as Prefect flows reporting to the harness.
     assert all(r.data.tags.get("prefect_flow_run_id") for r in runs)
@@ -382,7 +396,7 @@ def test_rpn_parameter_change_reruns_only_dependent_stages(
     output = killed_and_resumed["output"]
     # ...and of the ablations, what reads the final model: its row, the recall figure, the report.
     rerun = ["step3_rpn", "step3_proposals", "step4_fast_rcnn", "assemble", "evaluate", "step4_fast_rcnn_score",
-             row_stage("shared"), "proposal_recall", "timing", "ablation_report"]
+             row_stage("shared"), "proposal_recall", "timing", "ablation_report", "summary"]
     ran = ran_stages(output)
     # (The report re-runs when the shared row's result file changed; with 4-iteration tiny
     # models both results can be the same bytes, and then DVC rightly skips it.)
@@ -439,6 +453,7 @@ def test_pipeline_flow_gives_the_same_files_and_a_true_lock(
     result = run([sys.executable, "-m", "flows.pipeline"], repo, {**env, "FRCNN_ABLATION_WORKERS": "2"})
     summary = result.stdout.strip().splitlines()[-1]
     assert "'ran': [" + ", ".join(f"'{s}'" for s in STAGES) + "]" in summary
+    assert "'artifacts': ['headline-numbers', 'ablation-report']" in summary  # shown on the flow run's page
     # dvc.lock is true: DVC sees nothing to do.
     assert json.loads(run(["dvc", "status", "--json"], repo, env).stdout) == {}
     # The same files as under `dvc repro` (CPU training is deterministic for a seed).

@@ -46,10 +46,16 @@ def test_dvc_yaml_declares_the_registry_stages_params_and_outputs() -> None:
         assert stage["cmd"] == f"sh flows/stage.sh {name}"
         assert tuple(stage.get("params", ())) == spec.params == STAGE_PARAMS[name]
         assert not any(p.startswith("tracking") for p in stage.get("params", ()))
-        assert stage["metrics"] == [{spec.metrics: {"cache": False}}]
-        assert stage["deps"][: len(spec.inputs)] == list(spec.inputs)
+        # Only the summary's file is DVC metrics; every other metrics file is an uncached out.
         outs = [o if isinstance(o, str) else next(iter(o)) for o in stage.get("outs", [])]
-        assert outs == [*spec.outs, *spec.reports]
+        if spec.headline:
+            assert stage["metrics"] == [{spec.metrics: {"cache": False}}]
+            assert outs == [*spec.outs, *spec.reports]
+        else:
+            assert "metrics" not in stage
+            assert outs == [*spec.outs, *spec.reports, spec.metrics]
+            assert stage["outs"][len(spec.outs):] == [{p: {"cache": False}} for p in (*spec.reports, spec.metrics)]
+        assert stage["deps"][: len(spec.inputs)] == list(spec.inputs)
         # Every stage has its flow.
         flow, args = stage_call(name)
         assert args == ((row_key(name),) if row_key(name) else ())
