@@ -246,6 +246,8 @@ def test_dvc_repro_runs_every_stage_and_writes_its_outputs(repro_repo: dict, env
     timing = json.loads((repo / "metrics/timing.json").read_text())
     assert {"conv_ms", "proposal_ms", "region_ms", "total_ms", "fps"} <= set(timing["ss"]) and timing["device"]
     assert "verdict" in table.columns
+    headline = json.loads((repo / "metrics/ablation_report.json").read_text())["headline"]
+    assert all(headline[key]["our_map"] is not None for key in ("ss_test_2000", "shared", "unshared"))
     step2 = json.loads((repo / "metrics/step2_fast_rcnn.json").read_text())
     assert step2["iterations"] == 4 and step2["resumed_from"] == 0
     # Its score is a stage of its own (evaluation settings are no input of the training).

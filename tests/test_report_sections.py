@@ -62,14 +62,16 @@ def test_combine_seeds_refuses_mismatched_rows():
 
 
 def test_headline_table():
-    table = headline_table({"ss_train_ss_test": 60.0, "shared": 65.0, "unshared": 59.0})
-    assert list(table.index) == ["ss_train_ss_test", "shared", "unshared"]
+    table = headline_table({"ss_test_2000": 60.0, "shared": 65.0, "unshared": 59.0})
+    assert list(table.index) == ["ss_test_2000", "shared", "unshared"]
+    assert table.loc["ss_test_2000", "our mAP (%)"] == pytest.approx(60.0)  # the row that computes SS 2000
+    assert table.loc["ss_test_2000", "paper mAP"] == pytest.approx(58.7)
     assert table.loc["shared", "paper minus SS"] == pytest.approx(59.9 - 58.7)
     assert table.loc["shared", "ours minus SS"] == pytest.approx(5.0)
     assert table.loc["shared", "verdict"] == "agrees"
     # The paper's unshared equals its SS baseline (0.0): only an exact 0 agrees with it.
     assert table.loc["unshared", "verdict"] == "disagrees"
-    noisy = headline_table({"ss_train_ss_test": 60.0, "shared": 59.5, "unshared": 60.0}, spread={"shared": 1.0})
+    noisy = headline_table({"ss_test_2000": 60.0, "shared": 59.5, "unshared": 60.0}, spread={"shared": 1.0})
     assert noisy.loc["shared", "verdict"] == "within noise"
 
 
@@ -96,6 +98,8 @@ def test_recall_table_and_findings():
     assert any("step-3 RPN vs step-1 RPN" in f and "helps" in f for f in findings)
     worse = _recall_csv().assign(rpn_shared_300=[0.70, 0.50, 0.1])
     assert any("NOT ahead" in f for f in recall_findings(recall_table_at(worse)))
+    tie = _recall_csv().assign(rpn_shared_300=[0.88, 0.65, 0.2])
+    assert any("a tie" in f for f in recall_findings(recall_table_at(tie)))
 
 
 def test_timing_table_and_sections():
