@@ -86,10 +86,13 @@ def voc07_repo(tmp_path_factory: pytest.TempPathFactory, bccd_root: Path) -> Ite
     env.update(PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", FRCNN_PREFECT="off",
                FRCNN_DEVICE="cpu", MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1", PYTHONUNBUFFERED="1")
     started = time.monotonic()
-    result = run(["dvc", "repro"], repo, env)
-    yield {"repo": repo, "devkit": devkit, "env": env, "output": result.stdout + result.stderr,
-           "seconds": time.monotonic() - started}
-    shutil.rmtree(base, ignore_errors=True)  # VGG-16 checkpoints (and DVC's cache of them): gigabytes
+    try:
+        # 37 stages with VGG-16: 50 min on two cores shared with other jobs (load 5-15).
+        result = run(["dvc", "repro"], repo, env, timeout=5400)
+        yield {"repo": repo, "devkit": devkit, "env": env, "output": result.stdout + result.stderr,
+               "seconds": time.monotonic() - started}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)  # VGG-16 checkpoints (and DVC's cache of them): gigabytes
 
 
 def test_params_are_the_gpu_profile(voc07_repo: dict) -> None:
