@@ -11,8 +11,9 @@ metrics file parses. Random weights: no number is checked for quality.
 
 What it guards against: a multi-day GPU run dying on a configuration error (a key the
 profile lacks, a setting a stage refuses, a class list that does not validate) after
-hours of training. About 5 minutes on two CPU cores; VGG-16 checkpoints are about
-0.5 GB each, so the repository is removed afterwards.
+hours of training. Slow: the whole dvc repro took 50 min on two cores shared with other
+jobs (load 5-15; not measured on a quiet machine); VGG-16 checkpoints are about 0.5 GB
+each, so the repository is removed afterwards.
 """
 from __future__ import annotations
 
