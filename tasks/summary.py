@@ -23,11 +23,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from tasks import layout
 from tasks.atomic import write_json
+from tasks.lazy_prefect import task
 from tasks.params import get
 from tasks.stages import SUMMARY_INPUTS, TIMED_STAGES
 
@@ -93,7 +91,7 @@ def write_summary() -> dict[str, float | int]:
     return summary
 
 
-@task(name="summary", cache_policy=NO_CACHE)
+@task(name="summary")
 def summary_task(params: dict[str, Any]) -> dict[str, float | int]:
     """Prefect task: the summary file; its numbers and the report on the MLflow parent run."""
     from tasks.tracking import finish_parent_run, stage_run
