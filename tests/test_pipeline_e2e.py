@@ -204,7 +204,7 @@ def test_dvc_repro_runs_every_stage_and_writes_its_outputs(repro_repo: dict, env
             for key in stage["foreach"]:
                 assert (repo / "metrics" / "ablations" / f"{key}.json").exists(), f"{name}@{key}: metrics missing"
             continue
-        for entry in stage.get("outs", []) + stage["metrics"] + stage.get("plots", []):
+        for entry in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
             path = repo / (entry if isinstance(entry, str) else next(iter(entry)))
             assert path.exists(), f"{name}: {path} missing"
             if path.suffix == ".png":

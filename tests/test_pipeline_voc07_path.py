@@ -121,7 +121,7 @@ def test_every_stage_runs_and_writes_its_outputs(voc07_repo: dict) -> None:
     for name, stage in stages.items():
         if "foreach" in stage:
             continue
-        for entry in stage.get("outs", []) + stage["metrics"] + stage.get("plots", []):
+        for entry in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
             path = repo / (entry if isinstance(entry, str) else next(iter(entry)))
             assert path.exists(), f"{name}: {path} missing"
             if path.suffix == ".json":
