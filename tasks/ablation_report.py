@@ -29,7 +29,7 @@ import pandas as pd
 
 from model.ablations import ABLATION_ROWS, ALL_ROWS, AblationRow, check_rows
 from tasks import layout
-from tasks.atomic import write_json, write_text
+from tasks.atomic import read_optional_json, write_json, write_text
 from tasks.lazy_prefect import task
 from tasks.noise import verdict_counts, with_verdicts
 from tasks.params import get
@@ -258,21 +258,12 @@ def _finite(value: object) -> float | None:
     return None if math.isnan(number) else number
 
 
-def _optional_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except ValueError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
-
-
 def report_sections(table: pd.DataFrame) -> tuple[str, dict[str, object]]:
     """The headline, recall-at-300, timing and joint-training sections (Markdown) and their summary metrics."""
     headline = headline_table(table["our mAP (%)"].to_dict())
     recall_csv = layout.report("recall_vs_iou.csv")
     recall = recall_table_at(pd.read_csv(recall_csv)) if recall_csv.is_file() else None
-    timing = _optional_json(layout.metrics("timing"))
+    timing = read_optional_json(layout.metrics("timing"))
     summary: dict[str, object] = {
         "headline": {str(k): {"our_map": _finite(v["our mAP (%)"]), "verdict": str(v["verdict"])}
                      for k, v in headline.iterrows()},

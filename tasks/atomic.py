@@ -61,3 +61,13 @@ def publish_directory(target: Path | str, fill: Callable[[Path], None]) -> Path:
         raise
     return target
 
+
+def read_optional_json(path: Path) -> Any:
+    """A JSON file's content, or None when the file does not exist (an optional input);
+    a file that is not JSON is an error naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error

@@ -14,13 +14,13 @@ where it happens. The stages it reads are ``tasks.stages.JOINT_COMPARISON``.
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from tasks import layout
+from tasks.atomic import read_optional_json
 from tasks.stages import JOINT_COMPARISON
 
 #: The paper's claim: joint training time / alternating training time between these.
@@ -34,16 +34,7 @@ def report_inputs() -> tuple[Path, ...]:
     return tuple(layout.metrics(s) for s in JOINT_COMPARISON)
 
 
-def _read(path: Path) -> Mapping[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except ValueError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
-
-
-def joint_comparison(read: Callable[[Path], Mapping[str, Any] | None] = _read) -> dict[str, Any] | None:
+def joint_comparison(read: Callable[[Path], Mapping[str, Any] | None] = read_optional_json) -> dict[str, Any] | None:
     """``{"alternating": {...}, "joint": {...}, "time_ratio", "map_difference"}``; None when any
     file is missing. Each side: ``map`` (fraction), ``wall_seconds``, ``resumed`` (a stage ran in
     more than one process, so its time is partial). ``read`` maps a metrics path to its content."""
