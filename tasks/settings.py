@@ -123,7 +123,7 @@ SCHEMA: dict[str, Any] = {
     },
     "ablations": {
         "selective_search": {"mode": Choice(Imported("model.selective_search", "MODES")),
-                             "max_side": OrNone(Bounded(int, 1)), "max_proposals": Bounded(int, 1),
+                             "max_side": OrNone(Bounded(int, 1)), "upscale": bool, "max_proposals": Bounded(int, 1),
                              "min_size": Bounded(int, 0), "seed": int},
     },
 }

@@ -55,6 +55,20 @@ def test_drawn_rectangles_come_back_exactly(max_side):
     assert (0, 0, 199, 159) in found  # the last merge: the whole image, x2 = W - 1
 
 
+def test_upscale_searches_small_images_at_max_side_and_maps_boxes_back():
+    image = _drawn_image()  # 200 x 160
+    native = selective_search(image, max_side=400)  # not enlarged without upscale
+    assert torch.equal(native, selective_search(image, max_side=None))
+    enlarged = selective_search(image, max_side=400, upscale=True)  # searched at 400 x 320
+    _check_boxes(enlarged, 160, 200)
+    found = {tuple(int(v) for v in b) for b in enlarged.tolist()}
+    # Exactly 2x: each rect of the enlarged copy maps back onto whole original pixels.
+    assert RED in found and BLUE in found and (0, 0, 199, 159) in found
+    # upscale never shrinks less than max_side asks, nor touches an image already that size.
+    assert torch.equal(selective_search(image, max_side=200, upscale=True), native)
+    assert torch.equal(selective_search(image, max_side=100, upscale=True), selective_search(image, max_side=100))
+
+
 def test_rects_map_back_to_the_pixels_they_cover():
     rects = np.array([[10.0, 15.0, 20.0, 20.0], [0.0, 0.0, 1.0, 1.0], [99.0, 79.0, 1.0, 1.0]])
     # Downscaled by 1/2 (200 x 160 -> 100 x 80): small pixel i covers original 2i, 2i + 1.
@@ -62,6 +76,8 @@ def test_rects_map_back_to_the_pixels_they_cover():
     assert boxes.tolist() == [[20, 30, 59, 69], [0, 0, 1, 1], [198, 158, 199, 159]]
     # Scale 1: x2 = x + w - 1.
     assert _rects_to_boxes(rects[:1], 1.0, 1.0, 160, 200).tolist() == [[10, 15, 29, 34]]
+    # Enlarged 2x: small pixels 20, 21 cover original pixel 10.
+    assert _rects_to_boxes(np.array([[20.0, 30.0, 40.0, 40.0]]), 2.0, 2.0, 160, 200).tolist() == [[10, 15, 29, 34]]
     # Non-integer scale 0.3: small pixel 3 covers original [10, 13.33) -> pixels 10..13;
     # small pixels 3..4 cover [10, 16.67) -> pixels 10..16.
     assert _rects_to_boxes(np.array([[3.0, 3.0, 1.0, 2.0]]), 0.3, 0.3, 100, 100).tolist() == [[10, 10, 13, 16]]
