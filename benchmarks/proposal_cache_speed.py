@@ -30,6 +30,7 @@ BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import statistics
 import sys
@@ -42,7 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.config import AnchorConfig, DetectorConfig  # noqa: E402
+from model.config import DetectorConfig  # noqa: E402
 from model.data.synthetic import SyntheticSpec, generate_synthetic_voc  # noqa: E402
 from model.data.voc import load_voc  # noqa: E402
 from model.faster_rcnn import FasterRCNN  # noqa: E402
@@ -50,7 +51,8 @@ from model.inference import propose_dataset  # noqa: E402
 from model.proposal_cache import fingerprint_for, load_proposal_cache, save_proposal_cache  # noqa: E402
 from model.checkpoint import save_checkpoint  # noqa: E402
 from model.training import TrainSchedule, train_detector  # noqa: E402
-from tasks.params import dataclass_from, load_params, with_settings  # noqa: E402
+from tasks.params import load_params, select  # noqa: E402
+from tasks.settings import decode, with_settings  # noqa: E402
 
 
 def build(cfg: DetectorConfig, options: dict, seed: int) -> FasterRCNN:
@@ -69,29 +71,29 @@ def main() -> int:
 
     # The detector settings, input size and Fast R-CNN batch of the given profile (default:
     # the committed params.yaml, i.e. the default pipeline profile).
-    params = load_params(args.params)
-    model_params = params["model"]
-    step2 = params["train"]["step2_fast_rcnn"]
+    keys = ("model.backbone", "model.pretrained", "model.anchors", "model.backbone_options", "model.cache_proposals",
+            "model.roi", "data.input", "data.synthetic", "train.step2_fast_rcnn")
+    settings = decode(select(load_params(args.params), keys, source=args.params), keys, source=args.params)
+    model_settings = settings.model
+    step2 = settings.train.step2_fast_rcnn
     work = Path(tempfile.mkdtemp(prefix="cache-bench-"))
-    synthetic = dict(params["data"].get("synthetic") or {})
-    synthetic.update(num_images=args.images, seed=0)
-    spec = dataclass_from(SyntheticSpec, synthetic, "data.synthetic")
+    spec = dataclasses.replace(settings.data.synthetic or SyntheticSpec(), num_images=args.images, seed=0)
     root = generate_synthetic_voc(work / "data", spec)
     train_set = load_voc(root, "trainval")
     cfg = with_settings(
         DetectorConfig(
             class_names=train_set.classes,
-            backbone=model_params["backbone"],
-            pretrained=model_params["pretrained"],
-            anchors=AnchorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model_params["anchors"].items()}),
+            backbone=model_settings.backbone,
+            pretrained=model_settings.pretrained,
+            anchors=model_settings.anchors,
         ),
-        {"model": {k: model_params[k] for k in ("cache_proposals", "roi")}, "data": {"input": params["data"]["input"]}},
+        settings,  # the declared sections: cache_proposals, roi and the input size
     )
-    options = dict(model_params.get("backbone_options") or {})
+    options = dict(model_settings.backbone_options)
     rpn_net = build(cfg, options, 1)  # stands in for step 1's network (own shared convs + RPN)
     rpn_path = save_checkpoint(work / "rpn.pt", rpn_net)
     ids = [r.image_id for r in train_set.records]
-    ims = int(step2.get("ims_per_batch") or 2)
+    ims = int(step2.ims_per_batch or 2)
     batches = (len(train_set.records) + ims - 1) // ims
     schedule = TrainSchedule(iterations=batches, ims_per_batch=ims, flip=False, checkpoint_every=10**9, seed=0)
 

@@ -37,7 +37,7 @@ from typing import Any
 import flows  # noqa: F401  (Prefect defaults before prefect is imported)
 from flows.artifacts import publish_results
 from flows.runtime import call, call_flow, in_flow_run, run_flow
-from flows.stage import configure_threads, stage_call, stage_params
+from flows.stage import configure_threads, stage_call, stage_settings
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -98,7 +98,7 @@ def run_rows_concurrently(root: Path, rows: list[str], log: Any) -> None:
     """Evaluate the stale ablation rows as concurrent Prefect task runs, then commit each."""
     futures = {}
     for stage in rows:
-        futures[stage] = ablations.ablation_row_task.submit(row_key(stage), stage_params(stage))
+        futures[stage] = ablations.ablation_row_task.submit(row_key(stage), stage_settings(stage))
     log.info("evaluating %d ablation rows, %d at a time", len(rows), ablation_workers())
     for stage, future in futures.items():
         future.result()

@@ -1,10 +1,10 @@
 """One Prefect flow per DVC stage; ``python -m flows.stage <stage>`` is each stage's ``cmd``.
 
 The flows follow from the stage registry (``tasks.stages``): each reads params.yaml
-restricted to the keys its stage declares, checks them (``tasks.settings``: a bad value
-stops the stage with one line naming the key), checks that the stages it needs have run,
-and calls the stage's task, imported only then, so that a stage's code dependencies are
-its own task's imports. Run from the repository root (DVC does).
+restricted to the keys its stage declares, decodes them once into typed settings
+(``tasks.settings``: a bad value stops the stage with one line naming the key), checks
+that the stages it needs have run, and calls the stage's task on those settings,
+imported only then, so that a stage's code dependencies are its own task's imports. Run from the repository root (DVC does).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from flows.runtime import call, run_flow
 
 from tasks.lazy_prefect import flow
 from tasks.params import ParamsError, load_params, select
-from tasks.settings import SettingsError, check_settings
+from tasks.settings import Settings, SettingsError, decode
 from tasks.stages import ABLATION_ROWS, REGISTRY, STAGES, Stage, producers, row_key, stage_spec
 
 #: Read by every stage but not an input of any output (where runs are logged, like
@@ -36,14 +36,12 @@ class MissingInputError(FileNotFoundError):
     """A stage was started before a stage it reads from."""
 
 
-def stage_params(stage: str, params_file: str = "params.yaml") -> dict[str, Any]:
+def stage_settings(stage: str, params_file: str = "params.yaml") -> Settings:
     """params.yaml restricted to ``stage``'s declared keys, plus the ``tracking`` settings,
-    checked (``tasks.settings.check_settings``)."""
+    decoded into typed settings (``tasks.settings.decode``: a bad value stops here)."""
     everything = load_params(params_file)
-    selected = select(everything, STAGE_PARAMS[stage], source=params_file)
-    selected.update(select(everything, TRACKING_PARAMS, source=params_file))
-    check_settings(selected, source=params_file)
-    return selected
+    declared = (*STAGE_PARAMS[stage], *TRACKING_PARAMS)
+    return decode(select(everything, declared, source=params_file), declared, source=params_file)
 
 
 def check_inputs(spec: Stage, root: Path | None = None) -> None:
@@ -60,13 +58,13 @@ def check_inputs(spec: Stage, root: Path | None = None) -> None:
 
 
 def run_stage(stage: str) -> dict[str, Any]:
-    """Run ``stage``'s task on its checked params (inside a flow: as a Prefect task run)."""
+    """Run ``stage``'s task on its typed settings (inside a flow: as a Prefect task run)."""
     spec = stage_spec(stage)
-    params = stage_params(stage)
+    settings = stage_settings(stage)
     check_inputs(spec)
     module, function = spec.task.split(":")
     task = getattr(importlib.import_module(module), function)
-    return call(task, *spec.args, params)
+    return call(task, *spec.args, settings)
 
 
 def _stage_flow(name: str) -> Callable[..., Any]:
@@ -120,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         # Checked before any flow starts: a bad setting costs no Prefect run.
-        stage_params(args.stage)
+        stage_settings(args.stage)
         check_inputs(stage_spec(args.stage))
         configure_threads()
         flow_fn, flow_args = stage_call(args.stage)

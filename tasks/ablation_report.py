@@ -32,10 +32,10 @@ from tasks import layout
 from tasks.atomic import read_optional_json, write_json, write_text
 from tasks.lazy_prefect import task
 from tasks.noise import verdict_counts, with_verdicts
-from tasks.params import get
 from tasks.plots import save_figure
 from tasks.report_joint import joint_comparison, joint_markdown, joint_summary
 from tasks.report_sections import headline_table, recall_table_at, sections_markdown
+from tasks.settings import Settings
 
 COLUMNS = ("row", "what changes", "paper mAP", "paper change", "our mAP (%)", "our change", "signs agree")
 UNITS = ("fraction", "percent")
@@ -288,11 +288,11 @@ def build_report(rows: Sequence[AblationRow] = ALL_ROWS) -> tuple[pd.DataFrame, 
 
 
 @task(name="ablation_report")
-def ablation_report_task(params: dict[str, object]) -> dict[str, object]:
+def ablation_report_task(settings: Settings) -> dict[str, object]:
     """Prefect task: the report; printed, and logged to MLflow as metrics, artifacts and a table."""
     from tasks.tracking import stage_run
 
-    with stage_run(STAGE, str(get(params, "tracking.experiment")), params) as run:
+    with stage_run(STAGE, settings.tracking.experiment, settings) as run:
         table, paths, summary = build_report()
         log_report(run, table, paths)
         run.log_metrics({"rows_compared": summary["rows_compared"], "signs_agree": summary["signs_agree"]})

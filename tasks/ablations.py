@@ -24,7 +24,6 @@ of proposals per test image. ``tasks.ablation_report`` gathers them.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -40,8 +39,8 @@ from tasks.atomic import write_json
 from tasks.data import load_split, read_manifest
 from tasks.evaluate import evaluate_detector
 from tasks.lazy_prefect import task
-from tasks.params import get, with_settings
 from tasks.proposals import SS_STAGE, load_cache
+from tasks.settings import Settings, with_settings
 from tasks.stages import DETECTOR_CHECKPOINTS, RPN_CHECKPOINTS, row_stage
 from tasks.weights import device, load_model
 
@@ -49,7 +48,7 @@ RANDOM_SEED = 0
 
 
 def row_proposals(
-    row: AblationRow, dataset: DetectionDataset, params: Mapping[str, Any], detector: FasterRCNN | None = None
+    row: AblationRow, dataset: DetectionDataset, settings: Settings, detector: FasterRCNN | None = None
 ) -> dict[str, Tensor]:
     """Test proposals of ``row``: ``image_id -> [P, 4]`` in original pixels, rank order.
 
@@ -59,10 +58,10 @@ def row_proposals(
     ids = [r.image_id for r in dataset.records]
     if row.proposal_source == "ss":
         top_n = int(row.proposal_cfg.get("post_nms_top_n", 0)) or None
-        return load_cache(SS_STAGE, "test", params, ids).boxes(top_n=top_n)
+        return load_cache(SS_STAGE, "test", settings, ids).boxes(top_n=top_n)
     path = RPN_CHECKPOINTS[row.proposal_source]
     same_file = detector is not None and path == DETECTOR_CHECKPOINTS[row.detector]
-    rpn = detector if same_file else load_model(path, params)
+    rpn = detector if same_file else load_model(path, settings)
     cfg = ablation_proposal_config(row, rpn.cfg.test_proposals)
     # A generator of its own: rows may run in threads side by side (the pipeline flow).
     generator = torch.Generator().manual_seed(RANDOM_SEED)
@@ -70,19 +69,19 @@ def row_proposals(
     return {image_id: boxes for image_id, (boxes, _) in proposals.items()}
 
 
-def evaluate_row(key: str, params: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
+def evaluate_row(key: str, settings: Settings, progress: bool = True) -> dict[str, Any]:
     """Score ablation row ``key`` on the test split; writes and returns its metrics."""
     row = ablation_row(key)
     test = load_split("test", read_manifest())
-    metric = str(get(params, "evaluate.metric"))
+    metric = settings.evaluate.metric
     if row.detector == "one_stage":
         model = load_one_stage(DETECTOR_CHECKPOINTS["one_stage"], map_location=device())
-        model.cfg = with_settings(model.cfg, params)
+        model.cfg = with_settings(model.cfg, settings)
         scores, _, _ = evaluate_detector(model, test, metric, progress=progress)
         per_image = None  # every anchor is a window
     else:
-        detector = load_model(DETECTOR_CHECKPOINTS[row.detector], params)
-        proposals = row_proposals(row, test, params, detector)
+        detector = load_model(DETECTOR_CHECKPOINTS[row.detector], settings)
+        proposals = row_proposals(row, test, settings, detector)
         scores, _, _ = evaluate_detector(detector, test, metric, proposals=proposals, progress=progress)
         per_image = sum(int(b.shape[0]) for b in proposals.values()) / max(1, len(proposals))
     metrics = {
@@ -98,13 +97,13 @@ def evaluate_row(key: str, params: Mapping[str, Any], progress: bool = True) -> 
 
 
 @task(name="ablation_row")
-def ablation_row_task(key: str, params: dict[str, Any]) -> dict[str, Any]:
+def ablation_row_task(key: str, settings: Settings) -> dict[str, Any]:
     """Prefect task: one ablation row, logged as its own MLflow run (tag ``ablation_row``)."""
     from tasks.tracking import stage_run
 
-    with stage_run(row_stage(key), get(params, "tracking.experiment"), params) as run:
+    with stage_run(row_stage(key), settings.tracking.experiment, settings) as run:
         run.set_tags({"ablation_row": key})
-        metrics = evaluate_row(key, params)
+        metrics = evaluate_row(key, settings)
         run.log_metrics(metrics)
         run.log_artifact(layout.row_metrics(key), "metrics")
     return metrics

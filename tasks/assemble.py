@@ -3,24 +3,23 @@
 shared convs + RPN from step 3, detector from step 4 (``model.checkpoint.assemble_model``;
 step 4 kept the shared convs frozen at step 3's values, so both files hold the same
 ones). The test-time settings (``model.test_proposals``, ``model.test``) and the input
-size come from params, so the file is ready for ``python -m model.detect``. The
+size come from settings, so the file is ready for ``python -m model.detect``. The
 ``evaluate`` stage registers it in the MLflow Model Registry with its metrics.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from model.checkpoint import assemble_model, read_checkpoint, save_checkpoint
 from tasks import layout
 from tasks.atomic import write_json
 from tasks.lazy_prefect import task
-from tasks.params import get, with_settings
+from tasks.settings import Settings, with_settings
 
 
-def assemble(params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+def assemble(settings: Settings) -> tuple[Any, dict[str, Any]]:
     model = assemble_model(layout.checkpoint("step3_rpn"), layout.checkpoint("step4_fast_rcnn"))
-    model.cfg = with_settings(model.cfg, params)
+    model.cfg = with_settings(model.cfg, settings)
     # Sanity: the shared convs of step 4 must equal step 3's (step 4 never trained them).
     step4 = read_checkpoint(layout.checkpoint("step4_fast_rcnn"))
     drift = max(
@@ -42,11 +41,11 @@ def assemble(params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
 
 
 @task(name="assemble")
-def assemble_task(params: dict[str, Any]) -> dict[str, Any]:
+def assemble_task(settings: Settings) -> dict[str, Any]:
     from tasks.tracking import stage_run
 
-    with stage_run("assemble", get(params, "tracking.experiment"), params) as run:
-        model, metrics = assemble(params)
+    with stage_run("assemble", settings.tracking.experiment, settings) as run:
+        model, metrics = assemble(settings)
         run.log_metrics(metrics)
         run.log_artifact(layout.metrics("assemble"), "metrics")
     return metrics

@@ -8,12 +8,10 @@ when the stage calls that function), including the ``__init__.py`` of every pack
 the way, since importing a submodule runs it.
 
 The one rule for leaving a module out (``LOGGING_ONLY``): a module that cannot change
-any file DVC tracks is not a dependency, and its imports are not followed. Two do so:
+any file DVC tracks is not a dependency, and its imports are not followed. One does so:
 ``tasks/tracking.py``, whose effects reach only the experiment tracker (changing where
-or how runs are logged must not re-train the models), and ``tasks/settings.py``, which
-only refuses bad params before a stage starts (a stage that passes its checks writes
-the same files whatever the checks are; the dataclasses it checks against are deps of
-the stages that build them).
+or how runs are logged must not re-train the models). (``tasks/settings.py`` decodes the
+settings every task reads: a dependency of every stage.)
 """
 from __future__ import annotations
 
@@ -25,7 +23,7 @@ from pathlib import Path
 #: The project's packages; imports of anything else (torch, prefect, ...) are not followed.
 PACKAGES: tuple[str, ...] = ("model", "tasks", "flows")
 #: Modules that cannot change a tracked file (see the module docstring).
-LOGGING_ONLY: frozenset[str] = frozenset({"tasks/tracking.py", "tasks/settings.py"})
+LOGGING_ONLY: frozenset[str] = frozenset({"tasks/tracking.py"})
 
 
 def _module_file(root: Path, dotted: str) -> Path | None:

@@ -26,12 +26,13 @@ from tqdm.auto import tqdm
 
 from model.data.loading import load_dataset
 from model.data.records import DatasetError, DetectionDataset
-from model.data.synthetic import SyntheticSpec, generate_synthetic_voc
+from model.data.synthetic import generate_synthetic_voc
 from model.data.validate import pipeline_problems
 from tasks import layout
 from tasks.atomic import publish_directory, write_json
 from tasks.lazy_prefect import task
-from tasks.params import ParamsError, dataclass_from, get, input_size
+from tasks.params import ParamsError
+from tasks.settings import Settings
 
 
 ROLES = ("train", "test")
@@ -71,25 +72,24 @@ def _summary(dataset: DetectionDataset) -> dict[str, Any]:
     }
 
 
-def prepare(params: Mapping[str, Any]) -> dict[str, Any]:
+def prepare(settings: Settings) -> dict[str, Any]:
     """Build ``data/prepared``; returns the metrics (image and box counts per split)."""
-    data = get(params, "data")
-    data_layout = str(data["layout"])
-    synthetic = data.get("synthetic")
-    splits = {"train": str(data["train_split"]), "test": str(data["test_split"])}
-    classes = tuple(data["classes"]) if data.get("classes") else None
+    data = settings.data
+    data_layout = data.layout
+    synthetic = data.synthetic
+    splits = {"train": data.train_split, "test": data.test_split}
+    classes = data.classes or None
     result: dict[str, Any] = {}
 
     def fill(staging: Path) -> None:
         if synthetic:
             if data_layout != "voc":
                 raise ParamsError(f"data.layout must be 'voc' for generated data, got {data_layout!r}")
-            spec = dataclass_from(SyntheticSpec, synthetic, "data.synthetic")
-            generate_synthetic_voc(staging / layout.SYNTHETIC_ROOT.name, spec)
+            generate_synthetic_voc(staging / layout.SYNTHETIC_ROOT.name, synthetic)
             root_text = layout.SYNTHETIC_ROOT.as_posix()
             read_root = staging / layout.SYNTHETIC_ROOT.name
         else:
-            root_text = str(data["source"])
+            root_text = data.source
             read_root = _resolve(root_text)
             if not read_root.exists():
                 raise ManifestError(
@@ -108,14 +108,15 @@ def prepare(params: Mapping[str, Any]) -> dict[str, Any]:
             raise ManifestError(f"{read_root}: train and test splits disagree on classes ({found} vs {datasets['test'].classes})")
         problems = list(dict.fromkeys(str(error) for error in errors))
         problems += pipeline_problems(
-            {splits[role]: ds for role, ds in datasets.items()}, read_root, **input_size(params), decode_images=True
+            {splits[role]: ds for role, ds in datasets.items()}, read_root, min_size=data.input.min_size,
+            max_size=data.input.max_size, decode_images=True
         )
         if problems:
             listed = "\n".join(f"  - {line}" for line in problems)
             raise DatasetError(f"{read_root}: the data cannot be used ({len(problems)} problem(s)):\n{listed}")
         manifest = {
             "version": MANIFEST_VERSION,
-            "name": data["name"],
+            "name": data.name,
             "layout": data_layout,
             "root": root_text,
             "classes": list(found),
@@ -179,12 +180,12 @@ def load_split(role: str, manifest: Mapping[str, Any] | None = None) -> Detectio
 
 
 @task(name="prepare_data")
-def prepare_data_task(params: dict[str, Any]) -> dict[str, Any]:
+def prepare_data_task(settings: Settings) -> dict[str, Any]:
     """Prefect task: generate or check the dataset; log counts to MLflow."""
     from tasks.tracking import log_dataset_read, stage_run
 
-    with stage_run("prepare_data", get(params, "tracking.experiment"), params) as run:
-        metrics = prepare(params)
+    with stage_run("prepare_data", settings.tracking.experiment, settings) as run:
+        metrics = prepare(settings)
         write_json(layout.metrics("prepare_data"), metrics)
         manifest = read_manifest()
         for role in ROLES:

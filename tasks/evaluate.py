@@ -27,7 +27,7 @@ from tasks import layout, plots
 from tasks.atomic import publish_directory, write_json
 from tasks.data import load_split, read_manifest
 from tasks.lazy_prefect import task
-from tasks.params import get
+from tasks.settings import Settings
 from tasks.weights import device, load_model
 
 
@@ -57,22 +57,22 @@ def evaluate_detector(
     return metrics, voc, detections
 
 
-def evaluate_rows(params: Mapping[str, Any]) -> dict[str, Any]:
+def evaluate_rows(settings: Settings) -> dict[str, Any]:
     """Both rows on the test split; writes results files, metrics JSON and PR plots."""
-    metric = str(get(params, "evaluate.metric"))
+    metric = settings.evaluate.metric
     check_options(metric, DEFAULT_IOU_THRESHOLD)  # before an hour of detection, not after
     manifest = read_manifest()
     test = load_split("test", manifest)
     on = device()
 
-    final = load_model(layout.checkpoint("final"), params, on)
+    final = load_model(layout.checkpoint("final"), settings, on)
     shared, shared_voc, shared_dets = evaluate_detector(final, test, metric)
     del final
 
-    rpn1 = load_model(layout.checkpoint("step1_rpn"), params, on)
+    rpn1 = load_model(layout.checkpoint("step1_rpn"), settings, on)
     step1_proposals = propose_dataset(rpn1, test, rpn1.cfg.test_proposals)
     del rpn1
-    detector2 = load_model(layout.checkpoint("step2_fast_rcnn"), params, on)
+    detector2 = load_model(layout.checkpoint("step2_fast_rcnn"), settings, on)
     unshared, unshared_voc, unshared_dets = evaluate_detector(
         detector2, test, metric, proposals={k: boxes for k, (boxes, _) in step1_proposals.items()}
     )
@@ -95,12 +95,12 @@ def evaluate_rows(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @task(name="evaluate")
-def evaluate_task(params: dict[str, Any]) -> dict[str, Any]:
+def evaluate_task(settings: Settings) -> dict[str, Any]:
     from tasks.tracking import registered_model_name, stage_run
 
-    experiment = str(get(params, "tracking.experiment"))
-    with stage_run("evaluate", experiment, params) as run:
-        metrics = evaluate_rows(params)
+    experiment = settings.tracking.experiment
+    with stage_run("evaluate", experiment, settings) as run:
+        metrics = evaluate_rows(settings)
         run.log_metrics(metrics)
         # The final model goes to the Model Registry with its own row's metrics.
         name = registered_model_name(experiment)

@@ -20,7 +20,6 @@ outputs/joint_train/model.pt`` runs it.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +34,20 @@ from tasks.atomic import publish_directory, write_json
 from tasks.data import load_split, read_manifest
 from tasks.evaluate import evaluate_detector
 from tasks.lazy_prefect import task
-from tasks.params import get, training_schedule
 from tasks.resume import resume_files
+from tasks.settings import Settings, training_schedule
 from tasks.stages import JOINT_EVALUATE as EVALUATE_STAGE
 from tasks.stages import JOINT_RESULTS as RESULTS_DIR
 from tasks.stages import JOINT_TRAIN as TRAIN_STAGE
 from tasks.train import loss_summary, saved_progress
 from tasks.weights import device, load_model
 
-SCHEDULE_KEY = "train.joint"
+SCHEDULE = "joint"
 
 
-def schedule(params: Mapping[str, Any]) -> TrainSchedule:
+def schedule(settings: Settings) -> TrainSchedule:
     """``train.joint`` as a ``TrainSchedule``; unknown keys are refused."""
-    return training_schedule(params, SCHEDULE_KEY)
+    return training_schedule(settings, SCHEDULE)
 
 
 def train_inputs() -> list[Path]:
@@ -56,22 +55,22 @@ def train_inputs() -> list[Path]:
     return [layout.MANIFEST, layout.checkpoint(INITIAL)]
 
 
-def run_joint_train(params: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
+def run_joint_train(settings: Settings, progress: bool = True) -> dict[str, Any]:
     """Train the joint model (resuming if a matching in-progress checkpoint exists); returns its metrics."""
     from tasks.tracking import stage_run
 
-    plan = schedule(params)
-    files = resume_files(TRAIN_STAGE, params, train_inputs())
+    plan = schedule(settings)
+    files = resume_files(TRAIN_STAGE, settings, train_inputs())
     resumed_from, saved_history = saved_progress(files)
     train_set = load_split("train", read_manifest())
 
-    with stage_run(TRAIN_STAGE, get(params, "tracking.experiment"), params, system_metrics=True,
+    with stage_run(TRAIN_STAGE, settings.tracking.experiment, settings, system_metrics=True,
                    resume_run_id=files.mlflow_run_id() if resumed_from else None) as run:
         files.remember_run(run.run_id)
         if resumed_from:
             print(f"{TRAIN_STAGE}: resuming from iteration {resumed_from} of {plan.iterations} ({files.checkpoint})")
             run.backfill_losses(saved_history[:resumed_from])
-        model = load_model(layout.checkpoint(INITIAL), params)
+        model = load_model(layout.checkpoint(INITIAL), settings)
         started = time.monotonic()
         history = train_joint(model, train_set, plan, files.checkpoint, resume=True, progress=progress,
                               on_log=run.log_loss, extra={"stage": TRAIN_STAGE})
@@ -95,13 +94,13 @@ def run_joint_train(params: Mapping[str, Any], progress: bool = True) -> dict[st
     return metrics
 
 
-def evaluate_joint(params: Mapping[str, Any]) -> dict[str, Any]:
+def evaluate_joint(settings: Settings) -> dict[str, Any]:
     """The joint model on the test split with ``evaluate``'s settings; writes results, metrics, PR plot."""
-    metric = str(get(params, "evaluate.metric"))
+    metric = settings.evaluate.metric
     check_options(metric, DEFAULT_IOU_THRESHOLD)  # before the detection, not after
     manifest = read_manifest()
     test = load_split("test", manifest)
-    model = load_model(layout.checkpoint(TRAIN_STAGE), params, device())
+    model = load_model(layout.checkpoint(TRAIN_STAGE), settings, device())
     scores, voc, detections = evaluate_detector(model, test, metric)
     image_set = manifest["splits"]["test"]["name"]
     classes = list(manifest["classes"])
@@ -114,19 +113,19 @@ def evaluate_joint(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @task(name="joint_train")
-def joint_train_task(params: dict[str, Any]) -> dict[str, Any]:
+def joint_train_task(settings: Settings) -> dict[str, Any]:
     """Prefect task: approximate joint training."""
-    return run_joint_train(params)
+    return run_joint_train(settings)
 
 
 @task(name="joint_evaluate")
-def joint_evaluate_task(params: dict[str, Any]) -> dict[str, Any]:
+def joint_evaluate_task(settings: Settings) -> dict[str, Any]:
     """Prefect task: score the joint model, log it to MLflow and register it."""
     from tasks.tracking import joint_model_name, stage_run
 
-    experiment = str(get(params, "tracking.experiment"))
-    with stage_run(EVALUATE_STAGE, experiment, params) as run:
-        metrics = evaluate_joint(params)
+    experiment = settings.tracking.experiment
+    with stage_run(EVALUATE_STAGE, experiment, settings) as run:
+        metrics = evaluate_joint(settings)
         run.log_metrics(metrics)
         name = joint_model_name(experiment)
         version = run.register_detector(layout.checkpoint(TRAIN_STAGE), name, metrics)

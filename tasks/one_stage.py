@@ -13,7 +13,6 @@ iteration and continues the same MLflow run.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,42 +23,42 @@ from tasks.atomic import write_json
 from tasks.data import load_split, read_classes, read_manifest
 from tasks.evaluate import evaluate_detector
 from tasks.lazy_prefect import task
-from tasks.params import get, training_schedule, with_settings
 from tasks.resume import resume_files
+from tasks.settings import Settings, training_schedule, with_settings
 from tasks.train import loss_summary, saved_progress
 from tasks.weights import device, initial_config, seeded
 
 STAGE = "one_stage"
 
 
-def schedule(params: Mapping[str, Any]) -> TrainSchedule:
+def schedule(settings: Settings) -> TrainSchedule:
     """``train.one_stage`` as a ``TrainSchedule`` (the detector steps' keys); unknown keys are refused."""
-    return training_schedule(params, "train.one_stage")
+    return training_schedule(settings, "one_stage")
 
 
-def build(params: Mapping[str, Any]) -> OneStageDetector:
+def build(settings: Settings) -> OneStageDetector:
     """A fresh one-stage detector with the stage's settings (``model.rpn.allowed_border`` and
     ``mid_channels`` included); new layers seeded."""
-    cfg = with_settings(initial_config(params, read_classes()), params)
-    options = dict(get(params, "model.backbone_options") or {})
-    return seeded(params, lambda: OneStageDetector(cfg, options))
+    cfg = with_settings(initial_config(settings, read_classes()), settings)
+    options = dict(settings.model.backbone_options)
+    return seeded(settings, lambda: OneStageDetector(cfg, options))
 
 
 def train_and_score(
-    params: Mapping[str, Any], on_log: Any = None, progress: bool = True, checkpoint: Path | None = None
+    settings: Settings, on_log: Any = None, progress: bool = True, checkpoint: Path | None = None
 ) -> dict[str, Any]:
     """Train (resuming from ``checkpoint`` when it exists), score on the test split, save."""
     manifest = read_manifest()
     train_set = load_split("train", manifest)
-    model = build(params).to(device())
-    plan = schedule(params)
+    model = build(settings).to(device())
+    plan = schedule(settings)
     started = time.monotonic()
     history = train_one_stage(model, train_set, plan, checkpoint, progress=progress, on_log=on_log,
                               extra={"stage": STAGE})
     seconds = time.monotonic() - started
     plots.loss_curves(history, layout.plot(STAGE, "loss"), "one-stage detector: training losses")
     test_set = load_split("test", manifest)
-    scores, voc, _ = evaluate_detector(model, test_set, str(get(params, "evaluate.metric")), progress=progress)
+    scores, voc, _ = evaluate_detector(model, test_set, settings.evaluate.metric, progress=progress)
     plots.pr_curves(voc.curves, layout.plot(STAGE, "pr"), f"one-stage detector on the test split, mAP {voc.mAP:.3f}")
     save_one_stage(layout.checkpoint(STAGE), model, extra={"stage": STAGE, "iterations": plan.iterations})
     metrics = {
@@ -73,19 +72,19 @@ def train_and_score(
 
 
 @task(name="one_stage")
-def one_stage_task(params: dict[str, Any]) -> dict[str, Any]:
+def one_stage_task(settings: Settings) -> dict[str, Any]:
     """Prefect task: train and score the one-stage detector; losses and metrics to MLflow."""
     from tasks.tracking import stage_run
 
-    files = resume_files(STAGE, params, [layout.MANIFEST])
+    files = resume_files(STAGE, settings, [layout.MANIFEST])
     resumed_from, saved_history = saved_progress(files, OneStageDetector)
-    with stage_run(STAGE, get(params, "tracking.experiment"), params, system_metrics=True,
+    with stage_run(STAGE, settings.tracking.experiment, settings, system_metrics=True,
                    resume_run_id=files.mlflow_run_id() if resumed_from else None) as run:
         files.remember_run(run.run_id)
         if resumed_from:
             print(f"{STAGE}: resuming from iteration {resumed_from} ({files.checkpoint})")
             run.backfill_losses(saved_history[:resumed_from])
-        metrics = train_and_score(params, on_log=run.log_loss, checkpoint=files.checkpoint)
+        metrics = train_and_score(settings, on_log=run.log_loss, checkpoint=files.checkpoint)
         run.flush()
         run.log_metrics(metrics)
         run.log_artifact(layout.metrics(STAGE), "metrics")

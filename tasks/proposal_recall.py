@@ -32,8 +32,8 @@ from tasks import layout, plots
 from tasks.atomic import write_json, write_text
 from tasks.data import load_split, read_manifest
 from tasks.lazy_prefect import task
-from tasks.params import get
 from tasks.proposals import SS_STAGE, load_cache, measure_recall
+from tasks.settings import Settings
 from tasks.weights import load_model
 
 STAGE = "proposal_recall"
@@ -57,21 +57,21 @@ def recall_table(results: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def compute(params: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
+def compute(settings: Settings, progress: bool = True) -> dict[str, Any]:
     manifest = read_manifest()
     test = load_split("test", manifest)
     ids = [r.image_id for r in test.records]
-    top_ns = [int(n) for n in get(params, "evaluate.recall_top_ns")]
+    top_ns = [int(n) for n in settings.evaluate.recall_top_ns]
     metrics: dict[str, Any] = {}
     results: dict[str, Any] = {}
     for method, (_, checkpoint) in METHODS.items():
         if checkpoint is None:
-            boxes = load_cache(SS_STAGE, "test", params, ids).boxes()
+            boxes = load_cache(SS_STAGE, "test", settings, ids).boxes()
         else:
-            rpn = load_model(checkpoint, params)
+            rpn = load_model(checkpoint, settings)
             cfg = dataclasses.replace(rpn.cfg.cache_proposals, post_nms_top_n=max(top_ns))
             boxes = {k: b for k, (b, _) in propose_dataset(rpn, test, cfg, progress=progress).items()}
-        metrics[method], results[method] = measure_recall(test, boxes, params)
+        metrics[method], results[method] = measure_recall(test, boxes, settings)
     write_text(CSV, recall_table(results).to_csv(index=False, float_format="%.6f"))
     curves = {METHODS[m][0]: (r.iou_thresholds, r.recall) for m, r in results.items()}
     plots.recall_vs_iou_by_method(curves, top_ns, layout.plot(STAGE, "recall_vs_iou"))
@@ -80,12 +80,12 @@ def compute(params: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
 
 
 @task(name="proposal_recall")
-def proposal_recall_task(params: dict[str, Any]) -> dict[str, Any]:
+def proposal_recall_task(settings: Settings) -> dict[str, Any]:
     """Prefect task: recall vs IoU of every proposal method; CSV, plot and metrics to MLflow."""
     from tasks.tracking import stage_run
 
-    with stage_run(STAGE, get(params, "tracking.experiment"), params) as run:
-        metrics = compute(params)
+    with stage_run(STAGE, settings.tracking.experiment, settings) as run:
+        metrics = compute(settings)
         run.log_metrics(metrics)
         run.log_artifact(layout.metrics(STAGE), "metrics")
         run.log_artifact(CSV, "reports")

@@ -31,7 +31,7 @@ from tasks import layout, plots
 from tasks.atomic import write_json
 from tasks.data import load_split, read_manifest
 from tasks.lazy_prefect import task
-from tasks.params import get, input_size
+from tasks.settings import Settings
 from tasks.weights import load_model
 
 #: proposal stage -> the RPN stage whose checkpoint makes the proposals.
@@ -40,37 +40,37 @@ RPN_OF = PROPOSAL_CACHES
 SS_STAGE = SS_PROPOSALS
 
 
-def expected_fingerprint(rpn_stage: str, params: Mapping[str, Any], image_ids: list[str]) -> dict[str, Any]:
-    """The fingerprint a cache of ``rpn_stage``'s proposals must carry under these params."""
+def expected_fingerprint(rpn_stage: str, settings: Settings, image_ids: list[str]) -> dict[str, Any]:
+    """The fingerprint a cache of ``rpn_stage``'s proposals must carry under these settings."""
     return fingerprint_for(
         layout.checkpoint(rpn_stage),
-        dict(get(params, "model.cache_proposals")),
+        settings.model.cache_proposals,
         image_ids,
-        input=input_size(params),
+        input=dataclasses.asdict(settings.data.input),
     )
 
 
-def ss_fingerprint(params: Mapping[str, Any], split_digest: str, image_ids: list[str]) -> dict[str, Any]:
+def ss_fingerprint(settings: Settings, split_digest: str, image_ids: list[str]) -> dict[str, Any]:
     """The fingerprint of selective-search proposals: SS has no checkpoint, so the images
     themselves (the split's digest from the manifest: annotations and image bytes) and
     the SS settings name what made them."""
     return {
         "method": "selective_search",
-        "settings": dict(get(params, "ablations.selective_search")),
+        "settings": settings.ablations.selective_search.kwargs(),
         "split_digest": split_digest,
         "num_images": len(image_ids),
         "image_ids_sha256": image_ids_sha256(image_ids),
     }
 
 
-def load_cache(proposal_stage: str, role: str, params: Mapping[str, Any], image_ids: list[str]) -> ProposalCache:
+def load_cache(proposal_stage: str, role: str, settings: Settings, image_ids: list[str]) -> ProposalCache:
     """Load a cache, refusing it unless it was made by this RPN checkpoint (or these SS
     settings), these settings and these images."""
     if proposal_stage == SS_STAGE:
         digest = read_manifest()["splits"][role]["digest"]
-        expected = ss_fingerprint(params, digest, image_ids)
+        expected = ss_fingerprint(settings, digest, image_ids)
     else:
-        expected = expected_fingerprint(RPN_OF[proposal_stage], params, image_ids)
+        expected = expected_fingerprint(RPN_OF[proposal_stage], settings, image_ids)
     return load_proposal_cache(layout.proposals(proposal_stage, role), expected_fingerprint=expected)
 
 
@@ -92,26 +92,26 @@ def recall_metrics(result: Any, ious: list[float]) -> dict[str, Any]:
     }
 
 
-def measure_recall(dataset: Any, boxes: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+def measure_recall(dataset: Any, boxes: Mapping[str, Any], settings: Settings) -> tuple[dict[str, Any], Any]:
     """Recall of ``boxes`` (image id -> ``[P, 4]`` by rank) at ``evaluate.recall_top_ns`` and
     IoU 0.5:0.05:0.95 (plus ``evaluate.recall_ious``): ``(recall_metrics(...), RecallResult)``."""
-    ious = [float(x) for x in get(params, "evaluate.recall_ious")]
+    ious = [float(x) for x in settings.evaluate.recall_ious]
     thresholds = sorted(set(DEFAULT_IOU_THRESHOLDS) | set(ious))
-    top_ns = [int(n) for n in get(params, "evaluate.recall_top_ns")]
+    top_ns = [int(n) for n in settings.evaluate.recall_top_ns]
     result = proposal_recall(dataset, boxes, top_ns=top_ns, iou_thresholds=thresholds)
     return recall_metrics(result, ious), result
 
 
-def score_recall(dataset: Any, boxes: Mapping[str, Any], params: Mapping[str, Any], plot: Any, title: str) -> tuple[dict[str, Any], Any]:
+def score_recall(dataset: Any, boxes: Mapping[str, Any], settings: Settings, plot: Any, title: str) -> tuple[dict[str, Any], Any]:
     """``measure_recall`` and the recall-vs-IoU plot of it."""
-    metrics, result = measure_recall(dataset, boxes, params)
+    metrics, result = measure_recall(dataset, boxes, settings)
     plots.recall_vs_iou(result.top_ns, result.iou_thresholds, result.recall, plot, title)
     return metrics, result
 
 
 def cache_splits(
     stage: str,
-    params: Mapping[str, Any],
+    settings: Settings,
     propose: Callable[[Any], Mapping[str, tuple[Any, Any]]],
     fingerprint: Callable[[str, list[str]], dict[str, Any]],
     title: str,
@@ -132,20 +132,20 @@ def cache_splits(
         counts = [int(boxes.shape[0]) for boxes, _ in proposals.values()]
         metrics[f"{role}_mean_proposals"] = sum(counts) / max(1, len(counts))
         if role == "test":
-            cache = load_cache(stage, role, params, ids)
-            recall, _ = score_recall(dataset, cache.boxes(), params, layout.plot(stage, "recall_vs_iou"), title)
+            cache = load_cache(stage, role, settings, ids)
+            recall, _ = score_recall(dataset, cache.boxes(), settings, layout.plot(stage, "recall_vs_iou"), title)
             metrics.update(recall)
     return metrics
 
 
-def cache_proposals(stage: str, params: Mapping[str, Any]) -> dict[str, Any]:
+def cache_proposals(stage: str, settings: Settings) -> dict[str, Any]:
     rpn_stage = RPN_OF[stage]
-    model = load_model(layout.checkpoint(rpn_stage), params)
+    model = load_model(layout.checkpoint(rpn_stage), settings)
     cfg = model.cfg.cache_proposals
     metrics = cache_splits(
-        stage, params,
+        stage, settings,
         propose=lambda dataset: propose_dataset(model, dataset, cfg),
-        fingerprint=lambda role, ids: expected_fingerprint(rpn_stage, params, ids),
+        fingerprint=lambda role, ids: expected_fingerprint(rpn_stage, settings, ids),
         title=f"{rpn_stage} proposals on the test split "
         f"({'all' if cfg.post_nms_top_n <= 0 else f'at most {cfg.post_nms_top_n}'} cached per image)",
     )
@@ -154,12 +154,12 @@ def cache_proposals(stage: str, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @task(name="cache_proposals")
-def cache_proposals_task(stage: str, params: dict[str, Any]) -> dict[str, Any]:
+def cache_proposals_task(stage: str, settings: Settings) -> dict[str, Any]:
     from tasks.tracking import stage_run
 
     step = 1 if stage.startswith("step1") else 3
-    with stage_run(stage, get(params, "tracking.experiment"), params, step=step) as run:
-        metrics = cache_proposals(stage, params)
+    with stage_run(stage, settings.tracking.experiment, settings, step=step) as run:
+        metrics = cache_proposals(stage, settings)
         run.log_metrics(metrics)
         run.log_artifact(layout.metrics(stage), "metrics")
         run.log_artifact(layout.plot(stage, "recall_vs_iou"), "plots")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 from model.proposal_cache import file_sha256
 from tasks import layout
 from tasks.params import digest
+from tasks.settings import selection
 
 # The code a training stage runs: a change here invalidates in-progress checkpoints.
 CODE_DIRS = ("model", "tasks", "flows")
@@ -68,11 +69,12 @@ def code_digest(root: Path | None = None) -> str:
     return hasher.hexdigest()
 
 
-def resume_key(stage: str, params: Mapping[str, Any], inputs: Iterable[Path | str]) -> str:
-    """Digest of the stage name, its params, its input files' bytes and the code."""
+def resume_key(stage: str, settings: Any, inputs: Iterable[Path | str]) -> str:
+    """Digest of the stage name, its params (those its ``settings`` were decoded from), its
+    input files' bytes and the code."""
     hasher = hashlib.sha256()
     hasher.update(stage.encode("utf-8"))
-    hasher.update(digest(params).encode("ascii"))
+    hasher.update(digest(selection(settings)).encode("ascii"))
     for path in sorted(str(p) for p in inputs):
         hasher.update(path.encode("utf-8"))
         hasher.update(file_sha256(path).encode("ascii"))
@@ -80,9 +82,9 @@ def resume_key(stage: str, params: Mapping[str, Any], inputs: Iterable[Path | st
     return hasher.hexdigest()[:16]
 
 
-def resume_files(stage: str, params: Mapping[str, Any], inputs: Iterable[Path | str]) -> ResumeFiles:
+def resume_files(stage: str, settings: Any, inputs: Iterable[Path | str]) -> ResumeFiles:
     """The in-progress files of this exact run of ``stage``; stale ones of the stage are deleted."""
-    key = resume_key(stage, params, inputs)
+    key = resume_key(stage, settings, inputs)
     layout.RESUME.mkdir(parents=True, exist_ok=True)
     files = ResumeFiles(
         stage=stage,

@@ -11,7 +11,6 @@ Writes ``metrics/<stage>.json`` (VOC mAP, per-class AP, COCO AP) and the PR curv
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from model.alternating import training_step
@@ -20,21 +19,21 @@ from tasks.atomic import write_json
 from tasks.data import load_split, read_manifest
 from tasks.evaluate import evaluate_detector
 from tasks.lazy_prefect import task
-from tasks.params import get
 from tasks.proposals import load_cache
+from tasks.settings import Settings
 from tasks.weights import load_model
 
 #: A score stage's name: the detector step it scores, then this.
 SUFFIX = "_score"
 
 
-def score_step(stage: str, step_name: str, params: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
+def score_step(stage: str, step_name: str, settings: Settings, progress: bool = True) -> dict[str, Any]:
     """Score detector step ``step_name`` on its cached test proposals; writes the metrics and PR plot."""
     step = training_step(step_name)
-    model = load_model(layout.checkpoint(step.name), params)
+    model = load_model(layout.checkpoint(step.name), settings)
     test_set = load_split("test", read_manifest())
-    cache = load_cache(step.proposals, "test", params, [r.image_id for r in test_set.records])
-    scores, voc, _ = evaluate_detector(model, test_set, str(get(params, "evaluate.metric")),
+    cache = load_cache(step.proposals, "test", settings, [r.image_id for r in test_set.records])
+    scores, voc, _ = evaluate_detector(model, test_set, settings.evaluate.metric,
                                        proposals=cache.boxes(), progress=progress)
     plots.pr_curves(voc.curves, layout.plot(stage, "pr"),
                     f"{step.name} on the test split ({step.proposals} cache), mAP {voc.mAP:.3f}")
@@ -43,12 +42,12 @@ def score_step(stage: str, step_name: str, params: Mapping[str, Any], progress: 
 
 
 @task(name="score_step")
-def score_step_task(stage: str, step_name: str, params: dict[str, Any]) -> dict[str, Any]:
+def score_step_task(stage: str, step_name: str, settings: Settings) -> dict[str, Any]:
     """Prefect task: one detector step's score, logged as the stage's MLflow run."""
     from tasks.tracking import stage_run
 
-    with stage_run(stage, get(params, "tracking.experiment"), params, step=training_step(step_name).paper_step) as run:
-        metrics = score_step(stage, step_name, params)
+    with stage_run(stage, settings.tracking.experiment, settings, step=training_step(step_name).paper_step) as run:
+        metrics = score_step(stage, step_name, settings)
         run.log_metrics(metrics)
         run.log_artifact(layout.metrics(stage), "metrics")
         run.log_artifact(layout.plot(stage, "pr"), "plots")

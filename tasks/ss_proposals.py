@@ -13,7 +13,6 @@ Metrics: the same recall table as the RPN proposal stages (test split, top 300 /
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from model.selective_search import selective_search_dataset
@@ -21,42 +20,31 @@ from tasks import layout
 from tasks.atomic import write_json
 from tasks.data import read_manifest
 from tasks.lazy_prefect import task
-from tasks.params import get
-from tasks.settings import check_settings
 from tasks.proposals import SS_STAGE, cache_splits, ss_fingerprint
+from tasks.settings import Settings
 
-#: ``ablations.selective_search`` keys, passed to ``selective_search_dataset``.
-
-
-def ss_settings(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The selective-search keyword arguments, refusing unknown keys by name."""
-    values = dict(get(params, "ablations.selective_search"))
-    check_settings({"ablations": {"selective_search": values}})
-    return values
-
-
-def compute_ss_proposals(params: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
-    settings = ss_settings(params)
+def compute_ss_proposals(settings: Settings, progress: bool = True) -> dict[str, Any]:
+    search = settings.ablations.selective_search.kwargs()
     digests = {role: split["digest"] for role, split in read_manifest()["splits"].items()}
-    metrics: dict[str, Any] = {"settings": settings}
+    metrics: dict[str, Any] = {"settings": search}
     metrics.update(cache_splits(
-        SS_STAGE, params,
-        propose=lambda dataset: selective_search_dataset(dataset, progress=progress, **settings),
-        fingerprint=lambda role, ids: ss_fingerprint(params, digests[role], ids),
-        title=f"selective search ({settings.get('mode', 'fast')}) on the test split, "
-        f"at most {settings.get('max_proposals')} per image",
+        SS_STAGE, settings,
+        propose=lambda dataset: selective_search_dataset(dataset, progress=progress, **search),
+        fingerprint=lambda role, ids: ss_fingerprint(settings, digests[role], ids),
+        title=f"selective search ({search['mode']}) on the test split, "
+        f"at most {search['max_proposals']} per image",
     ))
     write_json(layout.metrics(SS_STAGE), metrics)
     return metrics
 
 
 @task(name="ss_proposals")
-def ss_proposals_task(params: dict[str, Any]) -> dict[str, Any]:
+def ss_proposals_task(settings: Settings) -> dict[str, Any]:
     """Prefect task: selective search over both splits, cached; recall logged to MLflow."""
     from tasks.tracking import stage_run
 
-    with stage_run(SS_STAGE, get(params, "tracking.experiment"), params) as run:
-        metrics = compute_ss_proposals(params)
+    with stage_run(SS_STAGE, settings.tracking.experiment, settings) as run:
+        metrics = compute_ss_proposals(settings)
         run.log_metrics(metrics)
         run.log_artifact(layout.metrics(SS_STAGE), "metrics")
         run.log_artifact(layout.plot(SS_STAGE, "recall_vs_iou"), "plots")

@@ -99,8 +99,10 @@ class StageGroup:
 PREPARED = str(layout.PREPARED)
 INPUT = ("data.input",)
 SS_SETTINGS = "ablations.selective_search"
+#: The stronger-RPN ablation's backbone (each model profile chooses it).
+STRONGER_RPN = "ablations.stronger_rpn"
 RECALL = ("evaluate.recall_top_ns", "evaluate.recall_ious")
-#: The run's place in a seed study (``tasks.params.run_seed``): every training stage reads it.
+#: The run's place in a seed study (``tasks.settings.run_seed``): every training stage reads it.
 SEED = "pipeline.seed"
 
 
@@ -140,7 +142,7 @@ def training_params(step: TrainingStep) -> tuple[str, ...]:
     evaluation setting: a detector step is scored by its own stage, ``score_stage``)."""
     schedule = f"train.{step.schedule}"
     if step.kind == "rpn":
-        fresh = ("model.pretrained", "model.anchors", "model.stronger_rpn", "pipeline.init_seed")
+        fresh = ("model.pretrained", "model.anchors", STRONGER_RPN, "pipeline.init_seed")
         return (*INPUT, "model.rpn", schedule, SEED, *(fresh if step is STRONG_RPN else ()))
     return (*INPUT, "model.roi", _cache_settings(step), schedule, SEED)
 
@@ -282,7 +284,7 @@ REGISTRY: tuple[Stage | StageGroup, ...] = (
     training_stage(SS_FAST_RCNN, "Fast R-CNN trained as step 2 (from init_weights) on selective-search proposals: "
                    "the detector of the SS-train rows."),
     score_stage(SS_FAST_RCNN),
-    training_stage(STRONG_RPN, "An RPN trained as step 1 on the stronger backbone of model.stronger_rpn (the "
+    training_stage(STRONG_RPN, "An RPN trained as step 1 on the stronger backbone of ablations.stronger_rpn (the "
                    "paper: VGG-16 vs ZF)."),
     Stage("one_stage", "The one-stage detector (Table 10): class-specific scores and boxes straight from the "
           "sliding window.", "tasks.one_stage:one_stage_task",

@@ -26,7 +26,7 @@ from typing import Any
 from tasks import layout
 from tasks.atomic import write_json
 from tasks.lazy_prefect import task
-from tasks.params import get
+from tasks.settings import Settings
 from tasks.stages import SUMMARY_INPUTS, TIMED_STAGES
 
 STAGE = "summary"
@@ -92,12 +92,12 @@ def write_summary() -> dict[str, float | int]:
 
 
 @task(name="summary")
-def summary_task(params: dict[str, Any]) -> dict[str, float | int]:
+def summary_task(settings: Settings) -> dict[str, float | int]:
     """Prefect task: the summary file; its numbers and the report on the MLflow parent run."""
     from tasks.tracking import finish_parent_run, stage_run
 
-    experiment = str(get(params, "tracking.experiment"))
-    with stage_run(STAGE, experiment, params) as run:
+    experiment = settings.tracking.experiment
+    with stage_run(STAGE, experiment, settings) as run:
         summary = write_summary()
         run.log_metrics(summary)
         run.log_artifact(layout.metrics(STAGE), "metrics")

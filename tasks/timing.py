@@ -12,7 +12,6 @@ names the device, and nothing downstream is a function of it but the report.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 from model.ablations import PAPER_TEST_COUNTS
@@ -24,8 +23,7 @@ from tasks import layout
 from tasks.atomic import write_json
 from tasks.data import load_split, read_manifest
 from tasks.lazy_prefect import task
-from tasks.params import get
-from tasks.ss_proposals import ss_settings
+from tasks.settings import Settings
 from tasks.weights import load_model
 
 STAGE = "timing"
@@ -42,16 +40,16 @@ PAPER_TABLE5: tuple[dict[str, Any], ...] = (
 )
 
 
-def measure_timing(params: Mapping[str, Any]) -> dict[str, Any]:
+def measure_timing(settings: Settings) -> dict[str, Any]:
     """Time both systems on the test split's first images; writes and returns the metrics."""
-    model = load_model(layout.checkpoint("final"), params)
+    model = load_model(layout.checkpoint("final"), settings)
     test = load_split("test", read_manifest())
-    records = test.records[: int(get(params, "evaluate.timing_images"))]
+    records = test.records[: settings.evaluate.timing_images]
     if len(records) < 2:
         raise ValueError(f"timing needs at least 2 test images, the test split has {len(test.records)}")
     # A small test split (the tiny profile) still times at least one image after warm-up.
     warmup = min(WARMUP_IMAGES, len(records) - 1)
-    settings = ss_settings(params)
+    search = settings.ablations.selective_search.kwargs()
     device = next(model.parameters()).device
     images = []
     for record in records:
@@ -60,7 +58,7 @@ def measure_timing(params: Mapping[str, Any]) -> dict[str, Any]:
         images.append((image.to(device), scale, original))
     rpn_cfg = dataclasses.replace(model.cfg.test_proposals, **PAPER_TEST_COUNTS)
     ss, rpn = time_systems(
-        model, images, lambda original: selective_search(original, **settings), rpn_cfg,
+        model, images, lambda original: selective_search(original, **search), rpn_cfg,
         ss_top_n=SS_TOP_N, warmup=warmup,
     )
     metrics = {
@@ -76,12 +74,12 @@ def measure_timing(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @task(name="timing")
-def timing_task(params: dict[str, Any]) -> dict[str, Any]:
+def timing_task(settings: Settings) -> dict[str, Any]:
     """Prefect task: Table 5 timings, logged as the stage's MLflow run."""
     from tasks.tracking import stage_run
 
-    with stage_run(STAGE, get(params, "tracking.experiment"), params) as run:
-        metrics = measure_timing(params)
+    with stage_run(STAGE, settings.tracking.experiment, settings) as run:
+        metrics = measure_timing(settings)
         run.set_tags({"timing_device": metrics["device"]})
         run.log_metrics({f"{system}_{k}": v for system in ("ss", "rpn") for k, v in metrics[system].items()
                          if k != "system"})

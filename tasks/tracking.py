@@ -377,18 +377,24 @@ def _log_input(mlflow: Any, name: str, digest: str, source: str, role: str) -> N
 def stage_run(
     stage: str,
     experiment: str,
-    params: Mapping[str, Any],
+    settings: Any,
     step: int | None = None,
     resume_run_id: str | None = None,
     system_metrics: bool = False,
 ) -> Iterator[StageRun]:
     """Start (or resume) the MLflow run of ``stage``; ends it FINISHED, or FAILED on an exception.
 
+    ``settings``: the stage's (``tasks.settings.Settings``, or a params mapping); the run
+    logs the params they were decoded from.
+
     ``system_metrics`` (the training stages set it) samples CPU and memory use (GPU with
     ``nvidia-ml-py``) into the run while it is open.
     """
     import mlflow
 
+    from tasks.settings import selection
+
+    params = selection(settings)
     location = default_artifact_location()
     mlflow.set_tracking_uri(tracking_uri())
     experiment_id = _experiment_id(mlflow, experiment, location)

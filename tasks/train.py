@@ -14,7 +14,6 @@ settings are no input of the training.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +25,16 @@ from tasks import layout, plots
 from tasks.atomic import write_json
 from tasks.data import load_split, read_classes, read_manifest
 from tasks.lazy_prefect import task
-from tasks.params import get, training_schedule
 from tasks.proposals import load_cache
 from tasks.resume import ResumeFiles, resume_files
+from tasks.settings import Settings, training_schedule
 from tasks.weights import build_stronger_rpn, device, load_model, reset_layers
 
 
-def _start_model(step: TrainingStep, params: Mapping[str, Any]) -> FasterRCNN:
+def _start_model(step: TrainingStep, settings: Settings) -> FasterRCNN:
     if step.start == FRESH_STRONGER:
-        return build_stronger_rpn(params, read_classes()).to(device())
-    model = load_model(layout.checkpoint(step.start), params)
+        return build_stronger_rpn(settings, read_classes()).to(device())
+    model = load_model(layout.checkpoint(step.start), settings)
     if step.reset is not None:
         reset_layers(model, step.reset, layout.checkpoint(INITIAL))
     return model
@@ -74,20 +73,19 @@ def loss_summary(history: list[dict[str, float]], window: int = 20) -> dict[str,
     return {k: sum(h[k] for h in tail) / len(tail) for k in tail[0] if k != "lr"}
 
 
-def run_step(stage: str, params: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
+def run_step(stage: str, settings: Settings, progress: bool = True) -> dict[str, Any]:
     """Train one step (resuming if a matching in-progress checkpoint exists); returns its metrics."""
     from tasks.tracking import stage_run
 
     step = training_step(stage)
     kind = step.kind
-    schedule_key = f"train.{step.schedule}"
-    schedule = training_schedule(params, schedule_key)
-    files = resume_files(stage, params, _inputs(step))
+    schedule = training_schedule(settings, step.schedule)
+    files = resume_files(stage, settings, _inputs(step))
     resumed_from, saved_history = saved_progress(files)
     manifest = read_manifest()
     train_set = load_split("train", manifest)
 
-    with stage_run(stage, get(params, "tracking.experiment"), params, step=step.paper_step,
+    with stage_run(stage, settings.tracking.experiment, settings, step=step.paper_step,
                    resume_run_id=files.mlflow_run_id() if resumed_from else None, system_metrics=True) as run:
         files.remember_run(run.run_id)
         if resumed_from:
@@ -95,7 +93,7 @@ def run_step(stage: str, params: Mapping[str, Any], progress: bool = True) -> di
             # Losses of the killed run that never reached MLflow (sent in batches) come
             # from the checkpoint's own history.
             run.backfill_losses(saved_history[:resumed_from])
-        model = _start_model(step, params)
+        model = _start_model(step, settings)
         started = time.monotonic()
         extra = {"stage": stage}
         if kind == "rpn":
@@ -103,7 +101,7 @@ def run_step(stage: str, params: Mapping[str, Any], progress: bool = True) -> di
                                 resume=True, progress=progress, on_log=run.log_loss, extra=extra)
         else:
             ids = [r.image_id for r in train_set.records]
-            cache = load_cache(step.proposals, "train", params, ids)
+            cache = load_cache(step.proposals, "train", settings, ids)
             history = train_detector(model, train_set, cache.boxes(), schedule, files.checkpoint,
                                      trainable_groups=step.trains, resume=True, progress=progress,
                                      on_log=run.log_loss, extra=extra)
@@ -129,6 +127,6 @@ def run_step(stage: str, params: Mapping[str, Any], progress: bool = True) -> di
 
 
 @task(name="train_step")
-def train_step_task(stage: str, params: dict[str, Any]) -> dict[str, Any]:
+def train_step_task(stage: str, settings: Settings) -> dict[str, Any]:
     """Prefect task: one of the four training steps."""
-    return run_step(stage, params)
+    return run_step(stage, settings)

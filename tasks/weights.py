@@ -9,13 +9,13 @@ and why).
 
 A stage loads a checkpoint with ``load_model``: the architecture comes from the file,
 the non-architecture settings (RPN labelling, proposal counts, RoI sampling, input
-size, ...) from the stage's declared params.
+size, ...) from the stage's declared settings.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,13 +29,13 @@ from model.checkpoint import (
     save_checkpoint,
 )
 from model.alternating import Reset, reset_state
-from model.config import AnchorConfig, DetectorConfig, RPNConfig
+from model.config import DetectorConfig, RPNConfig
 from model.devices import resolve_device
 from model.faster_rcnn import FasterRCNN
 from tasks import layout
 from tasks.data import read_classes
 from tasks.lazy_prefect import task
-from tasks.params import dataclass_from, get, run_seed, with_settings
+from tasks.settings import Settings, run_seed, with_settings
 
 T = TypeVar("T")
 
@@ -51,50 +51,48 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def initial_config(params: Mapping[str, Any], class_names: Sequence[str]) -> DetectorConfig:
-    """The architecture settings of ``init_weights``; everything else keeps its default."""
-    model = get(params, "model")
-    anchors = dataclass_from(AnchorConfig, model["anchors"], "model.anchors")
-    rpn = dataclasses.replace(RPNConfig(), mid_channels=model["rpn"]["mid_channels"])
+def initial_config(settings: Settings, class_names: Sequence[str], backbone: str | None = None) -> DetectorConfig:
+    """The architecture settings of ``init_weights`` (on ``backbone`` instead of
+    ``model.backbone`` when given); everything else keeps its default."""
+    model = settings.model
     return DetectorConfig(
         class_names=tuple(class_names),
-        backbone=str(model["backbone"]),
-        pretrained=bool(model["pretrained"]),
-        anchors=anchors,
-        rpn=rpn,
+        backbone=backbone or model.backbone,
+        pretrained=model.pretrained,
+        anchors=model.anchors,
+        rpn=dataclasses.replace(RPNConfig(), mid_channels=model.rpn.mid_channels),
     )
 
 
-def seeded(params: Mapping[str, Any], make: Callable[[], T]) -> T:
+def seeded(settings: Settings, make: Callable[[], T]) -> T:
     """``make()`` with torch's CPU generator seeded from ``pipeline.init_seed`` (shifted by
     ``pipeline.seed``), so fresh layers are reproducible; the global generator is left as it was."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(run_seed(params, get(params, "pipeline.init_seed")))
+        torch.manual_seed(run_seed(settings, settings.pipeline.init_seed))
         return make()
 
 
-def build_initial(params: Mapping[str, Any], class_names: Sequence[str]) -> FasterRCNN:
+def build_initial(settings: Settings, class_names: Sequence[str]) -> FasterRCNN:
     """The network of ``init_weights``; fresh layers drawn from ``pipeline.init_seed``."""
-    cfg = initial_config(params, class_names)
-    options = dict(get(params, "model.backbone_options") or {})
-    return seeded(params, lambda: FasterRCNN(cfg, options))
+    cfg = initial_config(settings, class_names)
+    options = dict(settings.model.backbone_options)
+    return seeded(settings, lambda: FasterRCNN(cfg, options))
 
 
-def build_stronger_rpn(params: Mapping[str, Any], class_names: Sequence[str]) -> FasterRCNN:
-    """A fresh network on ``model.stronger_rpn.backbone`` (ImageNet weights as
+def build_stronger_rpn(settings: Settings, class_names: Sequence[str]) -> FasterRCNN:
+    """A fresh network on ``ablations.stronger_rpn.backbone`` (ImageNet weights as
     ``model.pretrained`` says), with the stage's RPN settings and input size: the start of
     the "stronger RPN" ablation (the paper's RPN on VGG-16 against ZF)."""
-    stronger = get(params, "model.stronger_rpn")
-    model = {**get(params, "model"), "backbone": stronger["backbone"]}
-    cfg = with_settings(initial_config({**params, "model": model}, class_names), params)
-    options = dict(stronger.get("backbone_options") or {})
-    return seeded(params, lambda: FasterRCNN(cfg, options))
+    stronger = settings.ablations.stronger_rpn
+    cfg = with_settings(initial_config(settings, class_names, backbone=stronger.backbone), settings)
+    options = dict(stronger.backbone_options)
+    return seeded(settings, lambda: FasterRCNN(cfg, options))
 
 
-def load_model(path: Path | str, params: Mapping[str, Any], on: torch.device | str | None = None) -> FasterRCNN:
-    """A checkpoint's network with the stage's settings (``tasks.params.with_settings``)."""
+def load_model(path: Path | str, settings: Settings, on: torch.device | str | None = None) -> FasterRCNN:
+    """A checkpoint's network with the stage's settings (``tasks.settings.with_settings``)."""
     content = read_checkpoint(path)
-    cfg = with_settings(checkpoint_config(content), params)
+    cfg = with_settings(checkpoint_config(content), settings)
     model = build_from_content({**content, "config": cfg.to_dict()}, path)
     return model.to(on if on is not None else device())
 
@@ -109,25 +107,25 @@ def reset_layers(model: FasterRCNN, reset: Reset, source: Path | str) -> list[st
     return sorted(initial) if reset.prefixes is None else sorted(k for k in initial if k.startswith(reset.prefixes))
 
 
-def initialise(params: Mapping[str, Any]) -> dict[str, Any]:
+def initialise(settings: Settings) -> dict[str, Any]:
     classes = read_classes()
-    model = build_initial(params, classes)
+    model = build_initial(settings, classes)
     counts = {name: sum(p.numel() for p in ps) for name, ps in model.parameter_groups().items()}
     save_checkpoint(
         layout.checkpoint("init_weights"),
         model,
-        extra={"stage": "init_weights", "init_seed": run_seed(params, get(params, "pipeline.init_seed"))},
+        extra={"stage": "init_weights", "init_seed": run_seed(settings, settings.pipeline.init_seed)},
     )
     return {"classes": len(classes), "parameters": counts}
 
 
 @task(name="init_weights")
-def init_weights_task(params: dict[str, Any]) -> dict[str, Any]:
+def init_weights_task(settings: Settings) -> dict[str, Any]:
     from tasks.atomic import write_json
     from tasks.tracking import stage_run
 
-    with stage_run("init_weights", get(params, "tracking.experiment"), params) as run:
-        metrics = initialise(params)
+    with stage_run("init_weights", settings.tracking.experiment, settings) as run:
+        metrics = initialise(settings)
         write_json(layout.metrics("init_weights"), metrics)
         run.log_metrics(metrics)
     return metrics

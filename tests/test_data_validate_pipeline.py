@@ -279,10 +279,13 @@ def test_repeat_keeps_the_positive_copy(tmp_path):
 # ---------------------------------------------------------------- prepare_data runs the same checks
 
 
-def _params(source: Path, **data) -> dict:
+def _params(source: Path, **data):
+    """prepare_data's typed settings (``tasks.settings``) for the dataset at ``source``."""
+    from tasks.settings import decode
+
     base = {"name": "t", "layout": "voc", "source": str(source), "train_split": "trainval", "test_split": "test",
             "classes": None, "synthetic": None, "input": {"min_size": 240, "max_size": 320}}
-    return {"data": base | data}
+    return decode({"data": base | data}, declared=["data"])
 
 
 @pytest.mark.parametrize(

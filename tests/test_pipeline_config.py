@@ -5,6 +5,7 @@ dvc.yaml is what the stage registry gives is tests/test_stage_registry.py's.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from pathlib import Path
@@ -17,7 +18,7 @@ from flows.stage import STAGE_PARAMS, TRACKING_PARAMS
 from model.config import DetectorConfig
 from tasks import layout
 from tasks.params import select
-from tasks.settings import check_settings
+from tasks.settings import DATA_FIELDS, ModelSettings, decode
 from tasks.stages import row_inputs, row_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,10 +74,12 @@ def test_every_profile_gives_every_stage_its_params(tmp_path: Path, data: str, m
     select(params, TRACKING_PARAMS)
     # Every section passes the checks a stage runs at its start (types, ranges, unknown keys;
     # the dataset folders of bccd / voc07 need not exist here).
-    check_settings(params, check_paths=False)
-    # The model section is a DetectorConfig (minus the backbone options and the ablation's backbone).
-    model_section = {k: v for k, v in params["model"].items() if k not in ("backbone_options", "stronger_rpn")}
+    settings = decode(params, check_paths=False)
+    assert isinstance(settings.model, ModelSettings)
+    # The model section is a DetectorConfig (minus the backbone options), the rest from the data.
+    model_section = {k: v for k, v in params["model"].items() if k != "backbone_options"}
     DetectorConfig.from_dict({**model_section, "class_names": ["a"], **params["data"]["input"]})
+    assert set(params["model"]) | set(DATA_FIELDS) == {f.name for f in dataclasses.fields(DetectorConfig)} | {"backbone_options"}
 
 
 def _written_keys(profile: Path) -> set[str]:
@@ -101,11 +104,20 @@ def test_profile_precedence_is_explicit() -> None:
     """conf/config.yaml composes model, then data, then train. Data and train profiles may
     set model keys (anchor scales for a dataset's object sizes, RoI counts for a schedule),
     which win over the model profile; no data profile and train profile write the same key,
-    so their order does not matter; and none writes another group's own section."""
+    so their order does not matter; and none writes another group's own section. A model
+    profile writes the model section and, outside it, only its backbone's stronger-RPN
+    ablation (``ablations.stronger_rpn``), a key no other file writes."""
     config = yaml.safe_load((ROOT / "conf" / "config.yaml").read_text())
     assert [next(iter(d)) for d in config["defaults"] if isinstance(d, dict)] == ["model", "data", "train"]
     data = {p.stem: _written_keys(p) for p in (ROOT / "conf" / "data").glob("*.yaml")}
     train = {p.stem: _written_keys(p) for p in (ROOT / "conf" / "train").glob("*.yaml")}
+    models = {p.stem: _written_keys(p) for p in (ROOT / "conf" / "model").glob("*.yaml") if p.stem != "faster_rcnn"}
+    stronger = "ablations.stronger_rpn."
+    for name, keys in models.items():
+        assert all(k.startswith(("model.", stronger)) for k in keys), name
+        assert any(k.startswith(stronger) for k in keys), f"model={name} does not choose its stronger RPN"
+    assert not any(k.startswith(stronger) for keys in (*data.values(), *train.values()) for k in keys)
+    assert "stronger_rpn" not in config["ablations"]
     for name, keys in data.items():
         assert all(k.startswith(("data.", "model.")) for k in keys), name
     for name, keys in train.items():

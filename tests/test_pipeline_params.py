@@ -8,7 +8,8 @@ import pytest
 
 from model.config import DetectorConfig, RPNConfig
 from tasks import atomic, resume
-from tasks.params import ParamsError, dataclass_from, flatten, get, select, with_settings
+from tasks.params import ParamsError, flatten, select
+from tasks.settings import decode, decode_dataclass, with_settings
 
 PARAMS = {
     "data": {"input": {"min_size": 240, "max_size": 320}, "name": "synthetic"},
@@ -22,11 +23,18 @@ PARAMS = {
 
 
 def test_select_keeps_only_declared_keys() -> None:
-    view = select(PARAMS, ["data.input", "model.test_proposals.post_nms_top_n"])
+    declared = ["data.input", "model.test_proposals.post_nms_top_n"]
+    view = select(PARAMS, declared)
     assert view == {"data": {"input": {"min_size": 240, "max_size": 320}}, "model": {"test_proposals": {"post_nms_top_n": 77}}}
     # Reading an undeclared key fails by name instead of silently using a value DVC does not track.
+    settings = decode(view, declared)
+    assert settings.data.input.min_size == 240 and settings.model.test_proposals.post_nms_top_n == 77
     with pytest.raises(ParamsError, match="'data.name' is not among this stage's declared params"):
-        get(view, "data.name")
+        settings.data.name
+    with pytest.raises(ParamsError, match="'model.test_proposals.pre_nms_top_n' is not among this stage's declared"):
+        settings.model.test_proposals.pre_nms_top_n
+    with pytest.raises(ParamsError, match="'evaluate' is not among this stage's declared params"):
+        settings.evaluate
     # The view is a copy.
     view["data"]["input"]["min_size"] = 1
     assert PARAMS["data"]["input"]["min_size"] == 240
@@ -39,8 +47,8 @@ def test_select_reports_missing_declared_key() -> None:
 
 def test_with_settings_replaces_only_declared_sections() -> None:
     base = DetectorConfig(class_names=("a", "b"), min_size=600, max_size=1000)
-    view = select(PARAMS, ["data.input", "model.rpn", "model.test_proposals.post_nms_top_n"])
-    cfg = with_settings(base, view)
+    declared = ["data.input", "model.rpn", "model.test_proposals.post_nms_top_n"]
+    cfg = with_settings(base, decode(select(PARAMS, declared), declared))
     assert (cfg.min_size, cfg.max_size) == (240, 320)
     assert cfg.rpn.positive_iou == 0.6
     assert cfg.rpn.negative_iou == RPNConfig().negative_iou  # not in params: kept
@@ -55,16 +63,16 @@ def test_with_settings_replaces_only_declared_sections() -> None:
 def test_with_settings_refuses_an_architecture_change() -> None:
     base = DetectorConfig(class_names=("a",), rpn=RPNConfig(mid_channels=256))
     with pytest.raises(ParamsError, match="mid_channels is 512 in params but 256 in the checkpoint"):
-        with_settings(base, {"model": {"rpn": {"mid_channels": 512}}})
+        with_settings(base, decode({"model": {"rpn": {"mid_channels": 512}}}, ["model.rpn.mid_channels"]))
 
 
-def test_dataclass_from_names_unknown_keys() -> None:
+def test_decode_dataclass_names_unknown_keys() -> None:
     from model.training import TrainSchedule
 
-    schedule = dataclass_from(TrainSchedule, PARAMS["train"]["step1_rpn"], "train.step1_rpn")
+    schedule = decode_dataclass(TrainSchedule, PARAMS["train"]["step1_rpn"], "train.step1_rpn")
     assert schedule.iterations == 5 and schedule.lr_steps == (3,)
     with pytest.raises(ParamsError, match=r"train.step1_rpn.iterationz = 5: unknown key"):
-        dataclass_from(TrainSchedule, {"iterationz": 5}, "train.step1_rpn")
+        decode_dataclass(TrainSchedule, {"iterationz": 5}, "train.step1_rpn")
 
 
 def test_flatten_for_mlflow() -> None:
@@ -148,12 +156,15 @@ def test_detections_of_a_class_without_ground_truth_do_not_break_scoring() -> No
 
 
 def test_run_seed_shifts_every_training_seed():
-    from tasks.params import SEED_STRIDE, run_seed, training_schedule
+    from tasks.settings import SEED_STRIDE, run_seed, training_schedule
 
     params = {"pipeline": {"seed": 0, "init_seed": 0},
               "train": {"step1_rpn": {"iterations": 4, "seed": 7}}}
-    assert run_seed(params, 7) == 7 and training_schedule(params, "train.step1_rpn").seed == 7
+    declared = ["pipeline", "train.step1_rpn"]
+    settings = decode(params, declared)
+    assert run_seed(settings, 7) == 7 and training_schedule(settings, "step1_rpn").seed == 7
     params["pipeline"]["seed"] = 2
-    assert run_seed(params, 7) == 7 + 2 * SEED_STRIDE
-    assert training_schedule(params, "train.step1_rpn").seed == 7 + 2 * SEED_STRIDE
-    assert training_schedule(params, "train.step1_rpn").iterations == 4
+    settings = decode(params, declared)
+    assert run_seed(settings, 7) == 7 + 2 * SEED_STRIDE
+    assert training_schedule(settings, "step1_rpn").seed == 7 + 2 * SEED_STRIDE
+    assert training_schedule(settings, "step1_rpn").iterations == 4

@@ -7,7 +7,9 @@ import pytest
 import yaml
 
 from flows import runtime
-from flows.stage import STAGE_PARAMS, stage_params
+from flows.stage import STAGE_PARAMS, stage_settings
+from tasks.params import ParamsError
+from tasks.settings import selection
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +65,8 @@ def test_plain_run_calls_the_functions_without_prefect(monkeypatch: pytest.Monke
 
 def test_stage_flow_sees_declared_params_and_tracking_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
-    params = stage_params("step3_rpn")
+    settings = stage_settings("step3_rpn")
+    params = selection(settings)
     assert set(params) == {"data", "model", "train", "pipeline", "tracking"}
     assert set(params["pipeline"]) == {"seed"}  # the run's place in a seed study, not init_seed
     assert set(params["model"]) == {"rpn"}
@@ -72,4 +75,10 @@ def test_stage_flow_sees_declared_params_and_tracking_only(monkeypatch: pytest.M
     full = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert params["train"]["step3_rpn"] == full["train"]["step3_rpn"]
     assert params["tracking"]["experiment"] == full["tracking"]["experiment"]
+    # Decoded once, typed: the task reads attributes; an undeclared one is refused by name.
+    assert settings.train.step3_rpn.iterations == full["train"]["step3_rpn"]["iterations"]
+    assert settings.train.step3_rpn.lr_steps == tuple(full["train"]["step3_rpn"]["lr_steps"])
+    assert settings.pipeline.seed == full["pipeline"]["seed"]
+    with pytest.raises(ParamsError, match="'pipeline.init_seed' is not among this stage's declared params"):
+        settings.pipeline.init_seed
     assert "tracking.experiment" not in STAGE_PARAMS["step3_rpn"]
