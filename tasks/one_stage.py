@@ -1,14 +1,17 @@
-"""Stage ``one_stage``: the paper's one-stage detector (Table 10), for the "one-stage" ablation row.
+"""Stages ``one_stage`` and ``one_stage_score``: the paper's one-stage detector (Table 10),
+for the "one-stage" ablation row.
 
-``model.one_stage.OneStageDetector`` on the profile's backbone and anchors, trained with
-``train.one_stage`` (the detector steps' optimiser; the paper trains it like its Fast
-R-CNN), from ImageNet weights as ``model.pretrained`` says and fresh head layers drawn
-from ``pipeline.init_seed``. It scores itself on the test split (VOC mAP, per-class AP,
-COCO AP); the ``ablation@one_stage`` row re-reads the checkpoint.
+``one_stage`` trains ``model.one_stage.OneStageDetector`` on the profile's backbone and
+anchors with ``train.one_stage`` (the detector steps' optimiser; the paper trains it like
+its Fast R-CNN), from ImageNet weights as ``model.pretrained`` says and fresh head layers
+drawn from ``pipeline.init_seed``. Trains through ``model.training``'s loop like the four
+steps: the in-progress checkpoint lives under ``outputs/.resume`` (``tasks.resume``), so a
+killed run resumes from its last saved iteration and continues the same MLflow run.
 
-Trains through ``model.training``'s loop like the four steps: the in-progress checkpoint lives
-under ``outputs/.resume`` (``tasks.resume``), so a killed run resumes from its last saved
-iteration and continues the same MLflow run.
+``one_stage_score`` scores the checkpoint on the test split (VOC mAP, per-class AP, COCO
+AP) with ``model.test`` and ``evaluate.metric``: a stage of its own, as the detector
+steps' scores (``tasks.score``), so that an evaluation setting is no input of the
+training. The ``ablation@one_stage`` row re-reads the checkpoint too.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from model.one_stage import OneStageDetector, save_one_stage, train_one_stage
+from model.one_stage import OneStageDetector, load_one_stage, save_one_stage, train_one_stage
 from model.training import TrainSchedule
 from tasks import layout, plots
 from tasks.atomic import write_json
@@ -29,6 +32,7 @@ from tasks.train import loss_summary, saved_progress
 from tasks.weights import device, initial_config, seeded
 
 STAGE = "one_stage"
+SCORE_STAGE = "one_stage_score"
 
 
 def schedule(settings: Settings) -> TrainSchedule:
@@ -44,12 +48,11 @@ def build(settings: Settings) -> OneStageDetector:
     return seeded(settings, lambda: OneStageDetector(cfg, options))
 
 
-def train_and_score(
+def train(
     settings: Settings, on_log: Any = None, progress: bool = True, checkpoint: Path | None = None
 ) -> dict[str, Any]:
-    """Train (resuming from ``checkpoint`` when it exists), score on the test split, save."""
-    manifest = read_manifest()
-    train_set = load_split("train", manifest)
+    """Train (resuming from ``checkpoint`` when it exists) and save; returns the metrics."""
+    train_set = load_split("train", read_manifest())
     model = build(settings).to(device())
     plan = schedule(settings)
     started = time.monotonic()
@@ -57,23 +60,32 @@ def train_and_score(
                               extra={"stage": STAGE})
     seconds = time.monotonic() - started
     plots.loss_curves(history, layout.plot(STAGE, "loss"), "one-stage detector: training losses")
-    test_set = load_split("test", manifest)
-    scores, voc, _ = evaluate_detector(model, test_set, settings.evaluate.metric, progress=progress)
-    plots.pr_curves(voc.curves, layout.plot(STAGE, "pr"), f"one-stage detector on the test split, mAP {voc.mAP:.3f}")
     save_one_stage(layout.checkpoint(STAGE), model, extra={"stage": STAGE, "iterations": plan.iterations})
     metrics = {
         "iterations": plan.iterations,
         "final_losses": loss_summary(history),
         layout.WALL_SECONDS: round(seconds, 1),  # summed by the summary stage
-        **scores,
     }
     write_json(layout.metrics(STAGE), metrics)
     return metrics
 
 
+def score(settings: Settings, progress: bool = True) -> dict[str, Any]:
+    """The trained detector (with the stage's test settings) on the test split; writes the
+    metrics and the PR plot."""
+    model = load_one_stage(layout.checkpoint(STAGE), map_location=device())
+    model.cfg = with_settings(model.cfg, settings)
+    test_set = load_split("test", read_manifest())
+    scores, voc, _ = evaluate_detector(model, test_set, settings.evaluate.metric, progress=progress)
+    plots.pr_curves(voc.curves, layout.plot(SCORE_STAGE, "pr"),
+                    f"one-stage detector on the test split, mAP {voc.mAP:.3f}")
+    write_json(layout.metrics(SCORE_STAGE), scores)
+    return scores
+
+
 @task(name="one_stage")
 def one_stage_task(settings: Settings) -> dict[str, Any]:
-    """Prefect task: train and score the one-stage detector; losses and metrics to MLflow."""
+    """Prefect task: train the one-stage detector; losses and metrics to MLflow."""
     from tasks.tracking import stage_run
 
     files = resume_files(STAGE, settings, [layout.MANIFEST])
@@ -84,11 +96,23 @@ def one_stage_task(settings: Settings) -> dict[str, Any]:
         if resumed_from:
             print(f"{STAGE}: resuming from iteration {resumed_from} ({files.checkpoint})")
             run.backfill_losses(saved_history[:resumed_from])
-        metrics = train_and_score(settings, on_log=run.log_loss, checkpoint=files.checkpoint)
+        metrics = train(settings, on_log=run.log_loss, checkpoint=files.checkpoint)
         run.flush()
         run.log_metrics(metrics)
         run.log_artifact(layout.metrics(STAGE), "metrics")
-        for name in ("loss", "pr"):
-            run.log_artifact(layout.plot(STAGE, name), "plots")
+        run.log_artifact(layout.plot(STAGE, "loss"), "plots")
     files.clear()
+    return metrics
+
+
+@task(name="one_stage_score")
+def one_stage_score_task(settings: Settings) -> dict[str, Any]:
+    """Prefect task: the one-stage detector's score, logged as the stage's MLflow run."""
+    from tasks.tracking import stage_run
+
+    with stage_run(SCORE_STAGE, settings.tracking.experiment, settings) as run:
+        metrics = score(settings)
+        run.log_metrics(metrics)
+        run.log_artifact(layout.metrics(SCORE_STAGE), "metrics")
+        run.log_artifact(layout.plot(SCORE_STAGE, "pr"), "plots")
     return metrics

@@ -289,9 +289,13 @@ REGISTRY: tuple[Stage | StageGroup, ...] = (
     Stage("one_stage", "The one-stage detector (Table 10): class-specific scores and boxes straight from the "
           "sliding window.", "tasks.one_stage:one_stage_task",
           (*INPUT, "model.backbone", "model.pretrained", "model.backbone_options", "model.anchors",
-           "model.rpn.mid_channels", "model.rpn.allowed_border", "model.roi", "model.test", "evaluate.metric",
-           "train.one_stage", "pipeline.init_seed", SEED),
-          (PREPARED,), outs=(_ckpt("one_stage"),), plots=_plot("one_stage", "loss", "pr")),
+           "model.rpn.mid_channels", "model.rpn.allowed_border", "model.roi", "train.one_stage",
+           "pipeline.init_seed", SEED),
+          (PREPARED,), outs=(_ckpt("one_stage"),), plots=_plot("one_stage", "loss")),
+    Stage("one_stage_score", "The one-stage detector scored on the test split (a stage of its own: evaluation "
+          "settings are no input of its training).", "tasks.one_stage:one_stage_score_task",
+          (*INPUT, "model.test", "evaluate.metric"), (_ckpt("one_stage"), PREPARED),
+          plots=_plot("one_stage_score", "pr")),
     ABLATION_ROWS,
     Stage("proposal_recall", "Recall vs IoU (0.5..0.95) of SS and RPN proposals, 300/1000/2000 per image (the "
           "paper's figure 4).", "tasks.proposal_recall:proposal_recall_task",

@@ -276,7 +276,7 @@ def test_each_stage_logged_an_mlflow_run(repro_repo: dict) -> None:
         for n in (300, 1000, 2000):
             for iou in ("0.5", "0.7"):
                 assert 0.0 <= metrics[f"recall/{n}/{iou}"] <= 1.0
-    for stage in ("step2_fast_rcnn_score", "step4_fast_rcnn_score", "ss_fast_rcnn_score"):
+    for stage in ("step2_fast_rcnn_score", "step4_fast_rcnn_score", "ss_fast_rcnn_score", "one_stage_score"):
         metrics = by_stage[stage].data.metrics
         assert {"mAP", "ap/circle", "ap/square", "ap/triangle", "coco/AP", "coco/AP50"} <= set(metrics)
     evaluate = by_stage["evaluate"].data.metrics

@@ -147,6 +147,11 @@ def test_training_stages_read_no_evaluation_setting() -> None:
             score = STAGE_PARAMS[f"{step.name}_score"]
             assert "evaluate.metric" in score and "model.test" in score
             assert not any(p.startswith("train.") for p in score)
+    # Nor do the one-stage detector and the joint model; the one-stage score is its own stage.
+    for stage in ("one_stage", "joint_train"):
+        assert not [p for p in STAGE_PARAMS[stage] if p.startswith(evaluation)], stage
+    score = STAGE_PARAMS["one_stage_score"]
+    assert "evaluate.metric" in score and "model.test" in score and not any(p.startswith("train.") for p in score)
 
 
 def test_ablation_rows_do_not_declare_what_they_override() -> None:
