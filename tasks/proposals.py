@@ -13,6 +13,7 @@ top 300 / 1000 / 2000 proposals, average recall (IoU 0.5:0.95), and a recall-vs-
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
