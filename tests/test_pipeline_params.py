@@ -168,3 +168,21 @@ def test_run_seed_shifts_every_training_seed():
     assert run_seed(settings, 7) == 7 + 2 * SEED_STRIDE
     assert training_schedule(settings, "step1_rpn").seed == 7 + 2 * SEED_STRIDE
     assert training_schedule(settings, "step1_rpn").iterations == 4
+
+
+def test_partial_settings_survive_a_copy_and_stay_read_only() -> None:
+    """Prefect hands a task its settings (copies them across threads): a copy reads the
+    same, refuses the same undeclared key, and nobody can assign to it."""
+    import copy
+    import dataclasses
+    import pickle
+
+    declared = ["train.step1_rpn", "model.rpn.mid_channels"]
+    settings = decode(select(PARAMS, declared), declared)
+    for twin in (copy.deepcopy(settings), pickle.loads(pickle.dumps(settings))):
+        assert twin.train.step1_rpn == settings.train.step1_rpn
+        assert twin.model.rpn.mid_channels is None
+        with pytest.raises(ParamsError, match="'model.rpn.positive_iou' is not among"):
+            twin.model.rpn.positive_iou
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.train = None
