@@ -28,6 +28,9 @@ from tasks.stages import ABLATION_ROWS, REGISTRY, STAGES, Stage, producers, row_
 #: MLFLOW_TRACKING_URI), so not a DVC param dependency: renaming the experiment
 #: re-runs nothing.
 TRACKING_PARAMS = ("tracking.experiment",)
+#: How a stage runs, not what it makes (like FRCNN_THREADS): read by every stage, no DVC
+#: param, so changing it re-runs nothing. ``pipeline.ss_workers``: selective-search processes.
+RUNTIME_PARAMS = ("pipeline.ss_workers",)
 #: dvc.yaml ``params:`` of every stage.
 STAGE_PARAMS: dict[str, tuple[str, ...]] = {name: stage_spec(name).params for name in STAGES}
 
@@ -37,11 +40,11 @@ class MissingInputError(FileNotFoundError):
 
 
 def stage_params(stage: str, params_file: str = "params.yaml") -> dict[str, Any]:
-    """params.yaml restricted to ``stage``'s declared keys, plus the ``tracking`` settings,
-    checked (``tasks.settings.check_settings``)."""
+    """params.yaml restricted to ``stage``'s declared keys, plus the ``tracking`` and
+    runtime settings, checked (``tasks.settings.check_settings``)."""
     everything = load_params(params_file)
-    selected = select(everything, STAGE_PARAMS[stage], source=params_file)
-    selected.update(select(everything, TRACKING_PARAMS, source=params_file))
+    # One select: keys of one section (pipeline.seed, pipeline.ss_workers) merge.
+    selected = select(everything, (*STAGE_PARAMS[stage], *TRACKING_PARAMS, *RUNTIME_PARAMS), source=params_file)
     check_settings(selected, source=params_file)
     return selected
 

@@ -113,7 +113,9 @@ SCHEMA: dict[str, Any] = {
     "train": {"name": str, **{step: Imported("model.training", "TrainSchedule") for step in
                               ("step1_rpn", "step2_fast_rcnn", "step3_rpn", "step4_fast_rcnn", "one_stage", "joint")}},
     "tracking": {"experiment": str},
-    "pipeline": {"init_seed": Bounded(int, 0), "seed": Bounded(int, 0)},
+    "pipeline": {"init_seed": Bounded(int, 0), "seed": Bounded(int, 0),
+                 # Selective-search processes (0: one per core); a runtime setting, no DVC param.
+                 "ss_workers": Bounded(int, 0)},
     "evaluate": {
         "metric": Choice(METRICS),
         "recall_top_ns": list[Bounded(int, 1)],  # type: ignore[misc]

@@ -37,11 +37,12 @@ def ss_settings(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def compute_ss_proposals(params: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
     settings = ss_settings(params)
+    workers = get(params, "pipeline.ss_workers")
     digests = {role: split["digest"] for role, split in read_manifest()["splits"].items()}
     metrics: dict[str, Any] = {"settings": settings}
     metrics.update(cache_splits(
         SS_STAGE, params,
-        propose=lambda dataset: selective_search_dataset(dataset, progress=progress, **settings),
+        propose=lambda dataset: selective_search_dataset(dataset, progress=progress, workers=workers, **settings),
         fingerprint=lambda role, ids: ss_fingerprint(params, digests[role], ids),
         title=f"selective search ({settings.get('mode', 'fast')}) on the test split, "
         f"at most {settings.get('max_proposals')} per image",

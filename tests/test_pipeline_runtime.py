@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from flows import runtime
-from flows.stage import STAGE_PARAMS, stage_params
+from flows.stage import RUNTIME_PARAMS, STAGE_PARAMS, stage_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,9 @@ def test_stage_flow_sees_declared_params_and_tracking_only(monkeypatch: pytest.M
     monkeypatch.chdir(ROOT)
     params = stage_params("step3_rpn")
     assert set(params) == {"data", "model", "train", "pipeline", "tracking"}
-    assert set(params["pipeline"]) == {"seed"}  # the run's place in a seed study, not init_seed
+    # The run's place in a seed study (not init_seed), and the runtime settings every stage reads.
+    assert set(params["pipeline"]) == {"seed", "ss_workers"}
+    assert "pipeline.ss_workers" in RUNTIME_PARAMS and "pipeline.ss_workers" not in STAGE_PARAMS["ss_proposals"]
     assert set(params["model"]) == {"rpn"}
     assert set(params["train"]) == {"step3_rpn"}
     assert set(params["data"]) == {"input"}
