@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import flows  # noqa: F401  (Prefect defaults before prefect is imported)
-from flows.runtime import call, run_flow
+from flows.runtime import MODE_ENV, call, run_flow
 
 from tasks.lazy_prefect import flow
 from tasks.params import ParamsError, load_params, select
@@ -113,6 +113,24 @@ def configure_threads() -> None:
         torch.set_num_threads(int(value))
 
 
+def data_parallel_processes(params: dict[str, Any]) -> int:
+    """``pipeline.nproc_per_node`` of a stage that declares it (a training stage), else 1."""
+    return int(params.get("pipeline", {}).get("nproc_per_node", 1))
+
+
+def under_torchrun() -> bool:
+    """Whether torchrun started this process (it sets ``LOCAL_WORLD_SIZE`` for each worker)."""
+    return "LOCAL_WORLD_SIZE" in os.environ
+
+
+def torchrun_command(stage: str, nproc: int) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node N -m flows.stage <stage>``:
+    N processes of this stage on this machine. Each joins the group in its task
+    (``tasks.world.join``: gloo on the CPU, NCCL on CUDA)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "flows.stage", stage]
+
+
 #: Errors that are the user's to fix (a setting, a stage run out of order): one line, no traceback.
 USER_ERRORS = (SettingsError, ParamsError, MissingInputError)
 
@@ -123,9 +141,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         # Checked before any flow starts: a bad setting costs no Prefect run.
-        stage_params(args.stage)
+        params = stage_params(args.stage)
         check_inputs(stage_spec(args.stage))
+        nproc = data_parallel_processes(params)
+        if nproc > 1 and not under_torchrun():
+            # N processes of this same command, torchrun's exit status is the stage's.
+            command = torchrun_command(args.stage, nproc)
+            print(f"{args.stage}: {nproc} processes: {' '.join(command[1:])}", file=sys.stderr, flush=True)
+            os.execv(command[0], command)
         configure_threads()
+        if int(os.environ.get("RANK", "0")) > 0:
+            # Rank 0's flow run is the stage's; the other ranks only train (tasks.world).
+            os.environ[MODE_ENV] = "off"
         flow_fn, flow_args = stage_call(args.stage)
         run_flow(flow_fn, *flow_args)
     except USER_ERRORS as error:

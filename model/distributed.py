@@ -79,6 +79,12 @@ def init_world(device_type: str) -> World:
     return current_world()
 
 
+def leave_world() -> None:
+    """Leave the process group ``init_world`` joined (nothing to do without one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def scaled_learning_rate(base_lr: float, world_size: int, scaling: str) -> float:
     """The learning rate for a batch ``world_size`` times the configured one."""
     if scaling not in LR_SCALINGS:
@@ -156,6 +162,7 @@ __all__ = [
     "gather",
     "init_world",
     "launched_world",
+    "leave_world",
     "scaled_learning_rate",
     "shard",
 ]

@@ -115,7 +115,10 @@ SCHEMA: dict[str, Any] = {
     "tracking": {"experiment": str},
     "pipeline": {"init_seed": Bounded(int, 0), "seed": Bounded(int, 0),
                  # Selective-search processes (0: one per core); a runtime setting, no DVC param.
-                 "ss_workers": Bounded(int, 0)},
+                 "ss_workers": Bounded(int, 0),
+                 # Processes per machine of a training stage (torchrun) and its lr rule (tasks.world).
+                 "nproc_per_node": Bounded(int, 1),
+                 "lr_scaling": Choice(Imported("model.distributed", "LR_SCALINGS"))},
     "evaluate": {
         "metric": Choice(METRICS),
         "recall_top_ns": list[Bounded(int, 1)],  # type: ignore[misc]

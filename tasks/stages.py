@@ -102,6 +102,10 @@ SS_SETTINGS = "ablations.selective_search"
 RECALL = ("evaluate.recall_top_ns", "evaluate.recall_ious")
 #: The run's place in a seed study (``tasks.params.run_seed``): every training stage reads it.
 SEED = "pipeline.seed"
+#: How many processes train a training stage and how its learning rate follows (``tasks.world``).
+NPROC = "pipeline.nproc_per_node"
+LR_SCALING = "pipeline.lr_scaling"
+DATA_PARALLEL = (NPROC, LR_SCALING)
 
 
 def _ckpt(stage: str) -> str:
@@ -141,8 +145,8 @@ def training_params(step: TrainingStep) -> tuple[str, ...]:
     schedule = f"train.{step.schedule}"
     if step.kind == "rpn":
         fresh = ("model.pretrained", "model.anchors", "model.stronger_rpn", "pipeline.init_seed")
-        return (*INPUT, "model.rpn", schedule, SEED, *(fresh if step is STRONG_RPN else ()))
-    return (*INPUT, "model.roi", _cache_settings(step), schedule, SEED)
+        return (*INPUT, "model.rpn", schedule, SEED, *DATA_PARALLEL, *(fresh if step is STRONG_RPN else ()))
+    return (*INPUT, "model.roi", _cache_settings(step), schedule, SEED, *DATA_PARALLEL)
 
 
 def _cache_settings(step: TrainingStep) -> str:

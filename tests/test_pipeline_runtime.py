@@ -65,8 +65,9 @@ def test_stage_flow_sees_declared_params_and_tracking_only(monkeypatch: pytest.M
     monkeypatch.chdir(ROOT)
     params = stage_params("step3_rpn")
     assert set(params) == {"data", "model", "train", "pipeline", "tracking"}
-    # The run's place in a seed study (not init_seed), and the runtime settings every stage reads.
-    assert set(params["pipeline"]) == {"seed", "ss_workers"}
+    # The run's place in a seed study (not init_seed), its processes and lr rule, and the
+    # runtime settings every stage reads.
+    assert set(params["pipeline"]) == {"seed", "ss_workers", "nproc_per_node", "lr_scaling"}
     assert "pipeline.ss_workers" in RUNTIME_PARAMS and "pipeline.ss_workers" not in STAGE_PARAMS["ss_proposals"]
     assert set(params["model"]) == {"rpn"}
     assert set(params["train"]) == {"step3_rpn"}
