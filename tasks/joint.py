@@ -42,13 +42,14 @@ from tasks.stages import JOINT_RESULTS as RESULTS_DIR
 from tasks.stages import JOINT_TRAIN as TRAIN_STAGE
 from tasks.train import loss_summary, saved_progress
 from tasks.weights import device, load_model
+from tasks.world import data_parallel, is_main, joined, training_run
 
 SCHEDULE_KEY = "train.joint"
 
 
 def schedule(params: Mapping[str, Any]) -> TrainSchedule:
-    """``train.joint`` as a ``TrainSchedule``; unknown keys are refused."""
-    return training_schedule(params, SCHEDULE_KEY)
+    """``train.joint`` as a ``TrainSchedule`` (lr for this run's processes); unknown keys are refused."""
+    return data_parallel(training_schedule(params, SCHEDULE_KEY), params)
 
 
 def train_inputs() -> list[Path]:
@@ -57,18 +58,20 @@ def train_inputs() -> list[Path]:
 
 
 def run_joint_train(params: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
-    """Train the joint model (resuming if a matching in-progress checkpoint exists); returns its metrics."""
-    from tasks.tracking import stage_run
+    """Train the joint model (resuming if a matching in-progress checkpoint exists); returns its
+    metrics (``pipeline.nproc_per_node`` processes: every one trains, rank 0 writes)."""
+    with joined(params):
+        return _run_joint_train(params, progress)
 
+
+def _run_joint_train(params: Mapping[str, Any], progress: bool) -> dict[str, Any]:
     plan = schedule(params)
     files = resume_files(TRAIN_STAGE, params, train_inputs())
     resumed_from, saved_history = saved_progress(files)
     train_set = load_split("train", read_manifest())
 
-    with stage_run(TRAIN_STAGE, get(params, "tracking.experiment"), params, system_metrics=True,
-                   resume_run_id=files.mlflow_run_id() if resumed_from else None) as run:
-        files.remember_run(run.run_id)
-        if resumed_from:
+    with training_run(TRAIN_STAGE, params, files, resumed_from, system_metrics=True) as run:
+        if resumed_from and is_main():
             print(f"{TRAIN_STAGE}: resuming from iteration {resumed_from} of {plan.iterations} ({files.checkpoint})")
             run.backfill_losses(saved_history[:resumed_from])
         model = load_model(layout.checkpoint(INITIAL), params)
@@ -77,6 +80,8 @@ def run_joint_train(params: Mapping[str, Any], progress: bool = True) -> dict[st
                               on_log=run.log_loss, extra={"stage": TRAIN_STAGE})
         seconds = round(time.monotonic() - started, 1)
         run.flush()
+        if not is_main():
+            return {}
         metrics: dict[str, Any] = {
             "iterations": plan.iterations,
             "resumed_from": resumed_from,

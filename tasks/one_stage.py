@@ -28,13 +28,15 @@ from tasks.params import get, training_schedule, with_settings
 from tasks.resume import resume_files
 from tasks.train import loss_summary, saved_progress
 from tasks.weights import device, initial_config, seeded
+from tasks.world import data_parallel, is_main, joined, training_run
 
 STAGE = "one_stage"
 
 
 def schedule(params: Mapping[str, Any]) -> TrainSchedule:
-    """``train.one_stage`` as a ``TrainSchedule`` (the detector steps' keys); unknown keys are refused."""
-    return training_schedule(params, "train.one_stage")
+    """``train.one_stage`` as a ``TrainSchedule`` (the detector steps' keys; lr for this run's
+    processes); unknown keys are refused."""
+    return data_parallel(training_schedule(params, "train.one_stage"), params)
 
 
 def build(params: Mapping[str, Any]) -> OneStageDetector:
@@ -48,7 +50,8 @@ def build(params: Mapping[str, Any]) -> OneStageDetector:
 def train_and_score(
     params: Mapping[str, Any], on_log: Any = None, progress: bool = True, checkpoint: Path | None = None
 ) -> dict[str, Any]:
-    """Train (resuming from ``checkpoint`` when it exists), score on the test split, save."""
+    """Train (resuming from ``checkpoint`` when it exists), score on the test split, save
+    (after training together, only rank 0 of several processes scores and saves)."""
     manifest = read_manifest()
     train_set = load_split("train", manifest)
     model = build(params).to(device())
@@ -57,6 +60,8 @@ def train_and_score(
     history = train_one_stage(model, train_set, plan, checkpoint, progress=progress, on_log=on_log,
                               extra={"stage": STAGE})
     seconds = time.monotonic() - started
+    if not is_main():
+        return {}
     plots.loss_curves(history, layout.plot(STAGE, "loss"), "one-stage detector: training losses")
     test_set = load_split("test", manifest)
     scores, voc, _ = evaluate_detector(model, test_set, str(get(params, "evaluate.metric")), progress=progress)
@@ -75,21 +80,20 @@ def train_and_score(
 @task(name="one_stage")
 def one_stage_task(params: dict[str, Any]) -> dict[str, Any]:
     """Prefect task: train and score the one-stage detector; losses and metrics to MLflow."""
-    from tasks.tracking import stage_run
-
-    files = resume_files(STAGE, params, [layout.MANIFEST])
-    resumed_from, saved_history = saved_progress(files, OneStageDetector)
-    with stage_run(STAGE, get(params, "tracking.experiment"), params, system_metrics=True,
-                   resume_run_id=files.mlflow_run_id() if resumed_from else None) as run:
-        files.remember_run(run.run_id)
-        if resumed_from:
-            print(f"{STAGE}: resuming from iteration {resumed_from} ({files.checkpoint})")
-            run.backfill_losses(saved_history[:resumed_from])
-        metrics = train_and_score(params, on_log=run.log_loss, checkpoint=files.checkpoint)
-        run.flush()
-        run.log_metrics(metrics)
-        run.log_artifact(layout.metrics(STAGE), "metrics")
-        for name in ("loss", "pr"):
-            run.log_artifact(layout.plot(STAGE, name), "plots")
-    files.clear()
-    return metrics
+    with joined(params):
+        files = resume_files(STAGE, params, [layout.MANIFEST])
+        resumed_from, saved_history = saved_progress(files, OneStageDetector)
+        with training_run(STAGE, params, files, resumed_from, system_metrics=True) as run:
+            if resumed_from and is_main():
+                print(f"{STAGE}: resuming from iteration {resumed_from} ({files.checkpoint})")
+                run.backfill_losses(saved_history[:resumed_from])
+            metrics = train_and_score(params, on_log=run.log_loss, checkpoint=files.checkpoint)
+            run.flush()
+            if not is_main():
+                return metrics
+            run.log_metrics(metrics)
+            run.log_artifact(layout.metrics(STAGE), "metrics")
+            for name in ("loss", "pr"):
+                run.log_artifact(layout.plot(STAGE, name), "plots")
+        files.clear()
+        return metrics

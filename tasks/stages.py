@@ -273,7 +273,8 @@ REGISTRY: tuple[Stage | StageGroup, ...] = (
     # ---------------------------------------------------------------- approximate joint training (tasks/joint.py)
     Stage(JOINT_TRAIN, "Approximate joint training (paper sec. 3.2 ii): shared convs + RPN + detector, one loss, "
           "from init_weights with the alternating steps' input scale and RoI sampling.",
-          "tasks.joint:joint_train_task", (*INPUT, "model.rpn", "model.train_proposals", "model.roi", "train.joint", SEED),
+          "tasks.joint:joint_train_task", (*INPUT, "model.rpn", "model.train_proposals", "model.roi", "train.joint", SEED,
+                                         *DATA_PARALLEL),
           (_ckpt(INITIAL), PREPARED), outs=(_ckpt(JOINT_TRAIN),), plots=_plot(JOINT_TRAIN, "loss")),
     Stage(JOINT_EVALUATE, "VOC07 mAP, per-class AP, COCO AP of the joint model with evaluate's test settings; "
           "registered in MLflow.", "tasks.joint:joint_evaluate_task",
@@ -292,7 +293,7 @@ REGISTRY: tuple[Stage | StageGroup, ...] = (
           "sliding window.", "tasks.one_stage:one_stage_task",
           (*INPUT, "model.backbone", "model.pretrained", "model.backbone_options", "model.anchors",
            "model.rpn.mid_channels", "model.rpn.allowed_border", "model.roi", "model.test", "evaluate.metric",
-           "train.one_stage", "pipeline.init_seed", SEED),
+           "train.one_stage", "pipeline.init_seed", SEED, *DATA_PARALLEL),
           (PREPARED,), outs=(_ckpt("one_stage"),), plots=_plot("one_stage", "loss", "pr")),
     ABLATION_ROWS,
     Stage("proposal_recall", "Recall vs IoU (0.5..0.95) of SS and RPN proposals, 300/1000/2000 per image (the "
