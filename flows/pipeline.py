@@ -12,6 +12,8 @@ their upstream stages were committed, so a change propagates exactly as under
 Why not run ``dvc repro`` in a subprocess: then every stage would be a separate process
 and a separate, unrelated flow run; here the deployment's run shows the stages as its
 subflows, with their task runs, and pays the imports once.
+A training stage with ``pipeline.nproc_per_node`` > 1 is the exception: it runs as its own
+command (``python -m flows.stage <stage>``, which starts its processes under torchrun).
 
 The ablation rows (``ablation@<row>``) are independent evaluations of models trained by
 earlier stages. With ``FRCNN_ABLATION_WORKERS`` > 1 the flow runs the stale ones as
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Sequence
@@ -37,7 +40,7 @@ from typing import Any
 import flows  # noqa: F401  (Prefect defaults before prefect is imported)
 from flows.artifacts import publish_results
 from flows.runtime import call, call_flow, in_flow_run, run_flow
-from flows.stage import configure_threads, stage_call, stage_settings
+from flows.stage import configure_threads, data_parallel_processes, stage_call, stage_settings
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -147,8 +150,15 @@ def pipeline_flow(
         if concurrent_rows and row_key(stage) is not None:
             pending_rows.append(stage)  # every row's inputs are ready: the model stages came first
             continue
-        flow_fn, args = stage_call(stage)
-        call_flow(flow_fn, *args)
+        nproc = data_parallel_processes(stage_settings(stage))
+        if nproc > 1:
+            # N processes cannot be this one: the stage's own command starts them (torchrun);
+            # its rank 0 reports as a flow run of its own.
+            log.info("stage %s: %d processes (pipeline.nproc_per_node)", stage, nproc)
+            subprocess.run([sys.executable, "-m", "flows.stage", stage], cwd=root, check=True)
+        else:
+            flow_fn, args = stage_call(stage)
+            call_flow(flow_fn, *args)
         commit_stage(root, stage)
     if pending_rows:
         run_rows_concurrently(root, pending_rows, log)

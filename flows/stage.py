@@ -17,17 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import flows  # noqa: F401  (Prefect defaults before prefect is imported)
-from flows.runtime import call, run_flow
+from flows.runtime import MODE_ENV, call, run_flow
 
 from tasks.lazy_prefect import flow
 from tasks.params import ParamsError, load_params, select
-from tasks.settings import Settings, SettingsError, decode
+from tasks.settings import Settings, SettingsError, decode, declares
 from tasks.stages import ABLATION_ROWS, REGISTRY, STAGES, Stage, producers, row_key, stage_spec
 
 #: Read by every stage but not an input of any output (where runs are logged, like
 #: MLFLOW_TRACKING_URI), so not a DVC param dependency: renaming the experiment
 #: re-runs nothing.
 TRACKING_PARAMS = ("tracking.experiment",)
+#: How a stage runs, not what it makes (like FRCNN_THREADS): read by every stage, no DVC
+#: param, so changing it re-runs nothing. ``pipeline.ss_workers``: selective-search processes.
+RUNTIME_PARAMS = ("pipeline.ss_workers",)
 #: dvc.yaml ``params:`` of every stage.
 STAGE_PARAMS: dict[str, tuple[str, ...]] = {name: stage_spec(name).params for name in STAGES}
 
@@ -37,10 +40,12 @@ class MissingInputError(FileNotFoundError):
 
 
 def stage_settings(stage: str, params_file: str = "params.yaml") -> Settings:
-    """params.yaml restricted to ``stage``'s declared keys, plus the ``tracking`` settings,
-    decoded into typed settings (``tasks.settings.decode``: a bad value stops here)."""
+    """params.yaml restricted to ``stage``'s declared keys, plus the ``tracking`` and
+    runtime settings, decoded into typed settings (``tasks.settings.decode``: a bad value
+    stops here)."""
     everything = load_params(params_file)
-    declared = (*STAGE_PARAMS[stage], *TRACKING_PARAMS)
+    # One select: keys of one section (pipeline.seed, pipeline.ss_workers) merge.
+    declared = (*STAGE_PARAMS[stage], *TRACKING_PARAMS, *RUNTIME_PARAMS)
     return decode(select(everything, declared, source=params_file), declared, source=params_file)
 
 
@@ -108,6 +113,26 @@ def configure_threads() -> None:
         torch.set_num_threads(int(value))
 
 
+def data_parallel_processes(settings: Settings) -> int:
+    """``pipeline.nproc_per_node`` of a stage that declares it (a training stage), else 1."""
+    if not (declares(settings, "pipeline") and declares(settings.pipeline, "nproc_per_node")):
+        return 1
+    return settings.pipeline.nproc_per_node
+
+
+def under_torchrun() -> bool:
+    """Whether torchrun started this process (it sets ``LOCAL_WORLD_SIZE`` for each worker)."""
+    return "LOCAL_WORLD_SIZE" in os.environ
+
+
+def torchrun_command(stage: str, nproc: int) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node N -m flows.stage <stage>``:
+    N processes of this stage on this machine. Each joins the group in its task
+    (``tasks.world.join``: gloo on the CPU, NCCL on CUDA)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "flows.stage", stage]
+
+
 #: Errors that are the user's to fix (a setting, a stage run out of order): one line, no traceback.
 USER_ERRORS = (SettingsError, ParamsError, MissingInputError)
 
@@ -118,9 +143,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         # Checked before any flow starts: a bad setting costs no Prefect run.
-        stage_settings(args.stage)
+        settings = stage_settings(args.stage)
         check_inputs(stage_spec(args.stage))
+        nproc = data_parallel_processes(settings)
+        if nproc > 1 and not under_torchrun():
+            # N processes of this same command, torchrun's exit status is the stage's.
+            command = torchrun_command(args.stage, nproc)
+            print(f"{args.stage}: {nproc} processes: {' '.join(command[1:])}", file=sys.stderr, flush=True)
+            os.execv(command[0], command)
         configure_threads()
+        if int(os.environ.get("RANK", "0")) > 0:
+            # Rank 0's flow run is the stage's; the other ranks only train (tasks.world).
+            os.environ[MODE_ENV] = "off"
         flow_fn, flow_args = stage_call(args.stage)
         run_flow(flow_fn, *flow_args)
     except USER_ERRORS as error:

@@ -24,17 +24,25 @@ Details worth knowing:
 - As py-faster-rcnn does with its selective-search boxes, duplicates (after mapping back)
   and boxes under ``min_size`` pixels on a side are dropped, then the first
   ``max_proposals`` are kept in SS's own order.
+- Parallel: ``selective_search_dataset(..., workers=N)`` splits the images over N
+  processes. Each image's search reseeds ``rand()`` in the process that runs it, so the
+  boxes equal the serial run's, whatever the split.
 - Scores for caches (``selective_search_dataset``): SS has no score; ``1 - i / P`` for the
   ``i``-th box keeps the rank order, so the cache reads like an RPN proposal cache (boxes
   sorted by descending score).
 """
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import ctypes
 import ctypes.util
+import functools
+import multiprocessing
+import os
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -42,7 +50,7 @@ import torch
 from torch import Tensor
 
 from model.data.images import load_image_rgb
-from model.data.records import DatasetError, DetectionDataset
+from model.data.records import DatasetError, DetectionDataset, ImageRecord
 
 MODES = ("fast", "quality", "single")
 
@@ -211,6 +219,27 @@ def rank_scores(count: int) -> Tensor:
     return 1.0 - torch.arange(count, dtype=torch.float32) / float(count)
 
 
+def resolve_workers(workers: int, num_images: int) -> int:
+    """How many processes search ``num_images`` images: ``workers`` (0: one per CPU core
+    this process may use), never more than the images, at least 1."""
+    if workers < 0:
+        raise ValueError(f"selective search workers must be >= 0 (0: one per core), got {workers}")
+    if workers == 0:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(workers, num_images))
+
+
+def _search_record(record: ImageRecord, settings: Mapping[str, Any]) -> np.ndarray:
+    """One image's boxes ``[P, 4]`` (a numpy array: it crosses process boundaries)."""
+    image = load_image_rgb(record.path)
+    if (image.shape[0], image.shape[1]) != (record.height, record.width):
+        raise DatasetError(
+            f"{record.path}: image is {image.shape[1]}x{image.shape[0]} but its annotation "
+            f"says {record.width}x{record.height}"
+        )
+    return selective_search(image, **settings).numpy()
+
+
 def selective_search_dataset(
     dataset: DetectionDataset,
     mode: str = "fast",
@@ -221,39 +250,42 @@ def selective_search_dataset(
     num_threads: int | None = 1,
     upscale: bool = False,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """``{image_id: (boxes [P, 4], scores [P])}`` for every record, boxes in original pixels.
 
     The same seed is used for every image, so one image's boxes do not depend on which
-    images came before it (a cache can be rebuilt in parts). Raises ``DatasetError``
-    naming the file if an image's size differs from its annotation.
+    images came before it, nor on which process searched it: ``workers`` processes
+    (``resolve_workers``; 1: this process) give the serial run's boxes exactly. Raises
+    ``DatasetError`` naming the file if an image's size differs from its annotation.
     """
-    results: dict[str, tuple[Tensor, Tensor]] = {}
-    records: Iterable = dataset.records
-    if progress:
-        from tqdm import tqdm
-
-        records = tqdm(records, desc="selective search", unit="img")
+    records = list(dataset.records)
+    seen: set[str] = set()
     for record in records:
-        image = load_image_rgb(record.path)
-        if (image.shape[0], image.shape[1]) != (record.height, record.width):
-            raise DatasetError(
-                f"{record.path}: image is {image.shape[1]}x{image.shape[0]} but its annotation "
-                f"says {record.width}x{record.height}"
-            )
-        if record.image_id in results:
+        if record.image_id in seen:
             raise DatasetError(f"{record.path}: image id {record.image_id!r} appears twice in the dataset")
-        boxes = selective_search(
-            image,
-            mode=mode,
-            max_side=max_side,
-            max_proposals=max_proposals,
-            min_size=min_size,
-            seed=seed,
-            num_threads=num_threads,
-            upscale=upscale,
-        )
-        results[record.image_id] = (boxes, rank_scores(int(boxes.shape[0])))
+        seen.add(record.image_id)
+    settings = {"mode": mode, "max_side": max_side, "max_proposals": max_proposals,
+                "min_size": min_size, "seed": seed, "num_threads": num_threads, "upscale": upscale}
+    search = functools.partial(_search_record, settings=settings)
+    processes = resolve_workers(workers, len(records))
+    with contextlib.ExitStack() as stack:
+        if processes == 1:
+            boxes_iter: Iterable[np.ndarray] = map(search, records)
+        else:
+            # forkserver: workers start from a clean process, not a fork of one whose
+            # torch / OpenCV thread pools may be mid-use. map keeps the records' order.
+            pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
+                processes, mp_context=multiprocessing.get_context("forkserver")))
+            boxes_iter = pool.map(search, records)
+        if progress:
+            from tqdm import tqdm
+
+            boxes_iter = tqdm(boxes_iter, total=len(records), desc=f"selective search ({processes} proc)", unit="img")
+        results: dict[str, tuple[Tensor, Tensor]] = {}
+        for record, array in zip(records, boxes_iter):
+            boxes = torch.from_numpy(array)
+            results[record.image_id] = (boxes, rank_scores(int(boxes.shape[0])))
     return results
 
 
@@ -261,6 +293,7 @@ __all__ = [
     "MODES",
     "SelectiveSearchUnavailableError",
     "rank_scores",
+    "resolve_workers",
     "selective_search",
     "selective_search_dataset",
 ]

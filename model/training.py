@@ -32,6 +32,9 @@ seeded numpy RandomState, anchor/RoI sampling from a seeded ``torch.Generator``,
 from the global torch RNG, which is seeded inside a ``fork_rng`` block (the caller's RNG
 state is left alone). All three states go into the checkpoints, so an interrupted run
 resumed from its last checkpoint ends with the same weights as a straight run.
+
+Several processes (``torchrun``, ``model.distributed``): each trains on its shard of
+every iteration's images, gradients averaged; one process is the loop above, unchanged.
 """
 from __future__ import annotations
 
@@ -53,6 +56,7 @@ from model.data.records import DetectionDataset, ImageRecord
 from model.data.transforms import compute_scale, flip_boxes, load_training_sample, record_boxes_labels
 from model.config import DetectorConfig
 from model.detector import Detector
+from model.distributed import average_gradients, average_values, broadcast_state, current_world, gather, shard
 from model.faster_rcnn import FasterRCNN
 from model.roi import detector_loss
 from model.roi.sampling import roi_matcher
@@ -346,7 +350,8 @@ def _all_finite(params: Iterable[Tensor]) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in params)
 
 
-def _check_resumable(path: Path, train_state: Mapping[str, Any] | None, step: str, schedule: TrainSchedule) -> None:
+def _check_resumable(path: Path, train_state: Mapping[str, Any] | None, step: str, schedule: TrainSchedule,
+                     world_size: int = 1) -> None:
     if train_state is None:
         raise CheckpointError(
             f"{path}: checkpoint has no training state to resume from; pass resume=False to start over"
@@ -366,6 +371,12 @@ def _check_resumable(path: Path, train_state: Mapping[str, Any] | None, step: st
     if diffs:
         raise CheckpointError(
             f"{path}: cannot resume, the schedule changed ({'; '.join(diffs)}); pass resume=False to start over"
+        )
+    saved_world = int(train_state.get("world_size", 1))
+    if saved_world != world_size:
+        raise CheckpointError(
+            f"{path}: checkpoint was trained by {saved_world} processes, this run has {world_size} "
+            "(pipeline.nproc_per_node); resume with as many or pass resume=False to start over"
         )
     if int(train_state["iteration"]) > schedule.iterations:
         raise CheckpointError(
@@ -390,41 +401,55 @@ def run_training(
 ) -> list[dict[str, float]]:
     """The SGD loop shared by every training step of every detector kind.
 
-    ``checkpoint_path`` None keeps no checkpoint (nothing to resume from)."""
+    ``checkpoint_path`` None keeps no checkpoint (nothing to resume from). Inside a
+    ``torch.distributed`` group of N processes (``model.distributed``) each process trains
+    on its shard of every iteration's N x ``ims_per_batch`` images, gradients averaged;
+    only rank 0 writes the checkpoint and shows progress."""
     device = next(model.parameters()).device
+    world = current_world()
     model.set_trainable(trainable_groups)
     model.train()
     optimizer = build_optimizer(model, schedule)
     trained = [p for group in optimizer.param_groups for p in group["params"]]
     order = ImageOrder(len(records), schedule.flip, schedule.seed)
-    generator = torch.Generator().manual_seed(schedule.seed)
+    # Rank 0 (the only rank of a single process) keeps the seed: one process is unchanged.
+    rank_seed = schedule.seed + world.rank
+    generator = torch.Generator().manual_seed(rank_seed)
     history: list[dict[str, float]] = []
     start = 0
     devices = [device.index or 0] if device.type == "cuda" else []
 
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(schedule.seed)
+        torch.manual_seed(rank_seed)
         if resume and checkpoint_path is not None and checkpoint_path.exists():
             content = read_checkpoint(checkpoint_path, kind=type(model))
             state = content["train_state"]
-            _check_resumable(checkpoint_path, state, step, schedule)
+            _check_resumable(checkpoint_path, state, step, schedule, world.size)
             for group in model.GROUPS:
                 load_group_state(model, group, content["groups"][group], checkpoint_path)
             optimizer.load_state_dict(state["optimizer"])
-            generator.set_state(state["rng"]["sampling"])
-            torch.set_rng_state(state["rng"]["torch"])
+            # Rank r's own generators (rank 0's are "sampling" / "torch", as in one process).
+            own = state["rng"]["ranks"][world.rank] if world.size > 1 else state["rng"]
+            generator.set_state(own["sampling"])
+            torch.set_rng_state(own["torch"])
             order.load_state(state["rng"]["order"])
             history = [dict(h) for h in state["history"]]
             start = int(state["iteration"])
+        broadcast_state(model, world)
 
         def save(done: int, last: dict[str, float]) -> None:
             if checkpoint_path is None:
                 return
+            # The weights are equal in every rank, so every rank stops here alike.
             if not _all_finite(trained):
                 raise TrainingDiverged(
                     f"{step} training diverged by iteration {done}: non-finite weights; "
                     f"{checkpoint_path} left as it was"
                 )
+            # Collective: every rank's generator states, for rank 0 to save.
+            ranks = gather({"sampling": generator.get_state(), "torch": torch.get_rng_state()}, world)
+            if not world.is_main:
+                return
             train_state = {
                 "step": step,
                 "iteration": done,
@@ -436,23 +461,28 @@ def run_training(
                 "rng": {"sampling": generator.get_state(), "torch": torch.get_rng_state(), "order": order.state()},
                 "history": history,
             }
+            if world.size > 1:
+                train_state["world_size"] = world.size
+                train_state["rng"]["ranks"] = ranks
             info = {"step": step, "iteration": done, "trainable_groups": sorted(model.trainable_groups),
                     "last_losses": dict(last), **dict(extra or {})}
             save_checkpoint(checkpoint_path, model, extra=info, train_state=train_state)
 
-        bar = tqdm(total=schedule.iterations, initial=start, disable=not progress, desc=f"train {step}",
+        bar = tqdm(total=schedule.iterations, initial=start, disable=not progress or not world.is_main,
+                   desc=f"train {step}" + (f" x{world.size} processes" if world.size > 1 else ""),
                    dynamic_ncols=True)
         try:
             for iteration in range(start, schedule.iterations):
                 lr = schedule.learning_rate(iteration)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group["lr_factor"]
-                entries = [order.next() for _ in range(ims_per_batch)]
-                batch = [(records[i], flipped) for i, flipped in entries]
+                entries = [order.next() for _ in range(ims_per_batch * world.size)]
+                batch = [(records[i], flipped) for i, flipped in shard(entries, world)]
                 losses = batch_losses(batch, generator, device)
                 total = sum(losses.values())
                 values = {k: float(v.detach()) for k, v in losses.items()}
                 values["total"] = float(total.detach())
+                values = average_values(values, world, device)
                 if not all(math.isfinite(v) for v in values.values()):
                     raise TrainingDiverged(
                         f"{step} training diverged at iteration {iteration + 1}: losses {values}; "
@@ -460,6 +490,7 @@ def run_training(
                     )
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
+                average_gradients(trained, world)
                 optimizer.step()
                 values["lr"] = lr
                 history.append(values)

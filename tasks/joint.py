@@ -41,13 +41,14 @@ from tasks.stages import JOINT_RESULTS as RESULTS_DIR
 from tasks.stages import JOINT_TRAIN as TRAIN_STAGE
 from tasks.train import loss_summary, saved_progress
 from tasks.weights import device, load_model
+from tasks.world import data_parallel, is_main, joined, training_run
 
 SCHEDULE = "joint"
 
 
 def schedule(settings: Settings) -> TrainSchedule:
-    """``train.joint`` as a ``TrainSchedule``; unknown keys are refused."""
-    return training_schedule(settings, SCHEDULE)
+    """``train.joint`` as a ``TrainSchedule`` (lr for this run's processes); unknown keys are refused."""
+    return data_parallel(training_schedule(settings, SCHEDULE), settings)
 
 
 def train_inputs() -> list[Path]:
@@ -56,18 +57,20 @@ def train_inputs() -> list[Path]:
 
 
 def run_joint_train(settings: Settings, progress: bool = True) -> dict[str, Any]:
-    """Train the joint model (resuming if a matching in-progress checkpoint exists); returns its metrics."""
-    from tasks.tracking import stage_run
+    """Train the joint model (resuming if a matching in-progress checkpoint exists); returns its
+    metrics (``pipeline.nproc_per_node`` processes: every one trains, rank 0 writes)."""
+    with joined(settings):
+        return _run_joint_train(settings, progress)
 
+
+def _run_joint_train(settings: Settings, progress: bool) -> dict[str, Any]:
     plan = schedule(settings)
     files = resume_files(TRAIN_STAGE, settings, train_inputs())
     resumed_from, saved_history = saved_progress(files)
     train_set = load_split("train", read_manifest())
 
-    with stage_run(TRAIN_STAGE, settings.tracking.experiment, settings, system_metrics=True,
-                   resume_run_id=files.mlflow_run_id() if resumed_from else None) as run:
-        files.remember_run(run.run_id)
-        if resumed_from:
+    with training_run(TRAIN_STAGE, settings, files, resumed_from, system_metrics=True) as run:
+        if resumed_from and is_main():
             print(f"{TRAIN_STAGE}: resuming from iteration {resumed_from} of {plan.iterations} ({files.checkpoint})")
             run.backfill_losses(saved_history[:resumed_from])
         model = load_model(layout.checkpoint(INITIAL), settings)
@@ -76,6 +79,8 @@ def run_joint_train(settings: Settings, progress: bool = True) -> dict[str, Any]
                               on_log=run.log_loss, extra={"stage": TRAIN_STAGE})
         seconds = round(time.monotonic() - started, 1)
         run.flush()
+        if not is_main():
+            return {}
         metrics: dict[str, Any] = {
             "iterations": plan.iterations,
             "resumed_from": resumed_from,

@@ -30,14 +30,16 @@ from tasks.resume import resume_files
 from tasks.settings import Settings, training_schedule, with_settings
 from tasks.train import loss_summary, saved_progress
 from tasks.weights import device, initial_config, seeded
+from tasks.world import data_parallel, is_main, joined, training_run
 
 STAGE = "one_stage"
 SCORE_STAGE = "one_stage_score"
 
 
 def schedule(settings: Settings) -> TrainSchedule:
-    """``train.one_stage`` as a ``TrainSchedule`` (the detector steps' keys); unknown keys are refused."""
-    return training_schedule(settings, "one_stage")
+    """``train.one_stage`` as a ``TrainSchedule`` (the detector steps' keys; lr for this run's
+    processes); unknown keys are refused."""
+    return data_parallel(training_schedule(settings, "one_stage"), settings)
 
 
 def build(settings: Settings) -> OneStageDetector:
@@ -51,7 +53,8 @@ def build(settings: Settings) -> OneStageDetector:
 def train(
     settings: Settings, on_log: Any = None, progress: bool = True, checkpoint: Path | None = None
 ) -> dict[str, Any]:
-    """Train (resuming from ``checkpoint`` when it exists) and save; returns the metrics."""
+    """Train (resuming from ``checkpoint`` when it exists) and save; returns the metrics
+    (after training together, only rank 0 of several processes saves)."""
     train_set = load_split("train", read_manifest())
     model = build(settings).to(device())
     plan = schedule(settings)
@@ -59,6 +62,8 @@ def train(
     history = train_one_stage(model, train_set, plan, checkpoint, progress=progress, on_log=on_log,
                               extra={"stage": STAGE})
     seconds = time.monotonic() - started
+    if not is_main():
+        return {}
     plots.loss_curves(history, layout.plot(STAGE, "loss"), "one-stage detector: training losses")
     save_one_stage(layout.checkpoint(STAGE), model, extra={"stage": STAGE, "iterations": plan.iterations})
     metrics = {
@@ -85,24 +90,23 @@ def score(settings: Settings, progress: bool = True) -> dict[str, Any]:
 
 @task(name="one_stage")
 def one_stage_task(settings: Settings) -> dict[str, Any]:
-    """Prefect task: train the one-stage detector; losses and metrics to MLflow."""
-    from tasks.tracking import stage_run
-
-    files = resume_files(STAGE, settings, [layout.MANIFEST])
-    resumed_from, saved_history = saved_progress(files, OneStageDetector)
-    with stage_run(STAGE, settings.tracking.experiment, settings, system_metrics=True,
-                   resume_run_id=files.mlflow_run_id() if resumed_from else None) as run:
-        files.remember_run(run.run_id)
-        if resumed_from:
-            print(f"{STAGE}: resuming from iteration {resumed_from} ({files.checkpoint})")
-            run.backfill_losses(saved_history[:resumed_from])
-        metrics = train(settings, on_log=run.log_loss, checkpoint=files.checkpoint)
-        run.flush()
-        run.log_metrics(metrics)
-        run.log_artifact(layout.metrics(STAGE), "metrics")
-        run.log_artifact(layout.plot(STAGE, "loss"), "plots")
-    files.clear()
-    return metrics
+    """Prefect task: train the one-stage detector; losses and metrics to MLflow (rank 0)."""
+    with joined(settings):
+        files = resume_files(STAGE, settings, [layout.MANIFEST])
+        resumed_from, saved_history = saved_progress(files, OneStageDetector)
+        with training_run(STAGE, settings, files, resumed_from, system_metrics=True) as run:
+            if resumed_from and is_main():
+                print(f"{STAGE}: resuming from iteration {resumed_from} ({files.checkpoint})")
+                run.backfill_losses(saved_history[:resumed_from])
+            metrics = train(settings, on_log=run.log_loss, checkpoint=files.checkpoint)
+            run.flush()
+            if not is_main():
+                return metrics
+            run.log_metrics(metrics)
+            run.log_artifact(layout.metrics(STAGE), "metrics")
+            run.log_artifact(layout.plot(STAGE, "loss"), "plots")
+        files.clear()
+        return metrics
 
 
 @task(name="one_stage_score")

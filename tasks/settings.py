@@ -162,6 +162,12 @@ class TrackingSettings:
 class PipelineSettings:
     init_seed: NonNegative  # seed of the fresh layers (RPN, classifier, box regressor)
     seed: NonNegative  # run k of a seed study (``run_seed``)
+    # Selective-search processes (0: one per core); a runtime setting, no DVC param
+    # (``flows.stage.RUNTIME_PARAMS``).
+    ss_workers: NonNegative
+    # Processes per machine of a training stage (torchrun) and its lr rule (``tasks.world``).
+    nproc_per_node: Positive
+    lr_scaling: Annotated[str, Choice(Imported("model.distributed", "LR_SCALINGS"))]
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,13 @@ from tasks.settings import Settings
 
 def compute_ss_proposals(settings: Settings, progress: bool = True) -> dict[str, Any]:
     search = settings.ablations.selective_search.kwargs()
+    # How many processes share the images: a runtime setting (the boxes do not depend on it).
+    workers = settings.pipeline.ss_workers
     digests = {role: split["digest"] for role, split in read_manifest()["splits"].items()}
     metrics: dict[str, Any] = {"settings": search}
     metrics.update(cache_splits(
         SS_STAGE, settings,
-        propose=lambda dataset: selective_search_dataset(dataset, progress=progress, **search),
+        propose=lambda dataset: selective_search_dataset(dataset, progress=progress, workers=workers, **search),
         fingerprint=lambda role, ids: ss_fingerprint(settings, digests[role], ids),
         title=f"selective search ({search['mode']}) on the test split, "
         f"at most {search['max_proposals']} per image",

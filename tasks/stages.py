@@ -2,7 +2,7 @@
 
 Everything else follows from ``REGISTRY``: dvc.yaml (``python -m flows.dvc_yaml`` writes it;
 a test fails when it is out of date), the Prefect flow of each stage (``flows.stage``), the
-params each stage may read (``flows.stage.stage_params``), its inputs and outputs, and its
+params each stage may read (``flows.stage.stage_settings``), its inputs and outputs, and its
 code dependencies (``tasks.code_deps``: computed from the imports of its entry module).
 Adding a stage: one ``Stage`` here, plus its task.
 
@@ -104,6 +104,10 @@ STRONGER_RPN = "ablations.stronger_rpn"
 RECALL = ("evaluate.recall_top_ns", "evaluate.recall_ious")
 #: The run's place in a seed study (``tasks.settings.run_seed``): every training stage reads it.
 SEED = "pipeline.seed"
+#: How many processes train a training stage and how its learning rate follows (``tasks.world``).
+NPROC = "pipeline.nproc_per_node"
+LR_SCALING = "pipeline.lr_scaling"
+DATA_PARALLEL = (NPROC, LR_SCALING)
 
 
 def _ckpt(stage: str) -> str:
@@ -143,8 +147,8 @@ def training_params(step: TrainingStep) -> tuple[str, ...]:
     schedule = f"train.{step.schedule}"
     if step.kind == "rpn":
         fresh = ("model.pretrained", "model.anchors", STRONGER_RPN, "pipeline.init_seed")
-        return (*INPUT, "model.rpn", schedule, SEED, *(fresh if step is STRONG_RPN else ()))
-    return (*INPUT, "model.roi", _cache_settings(step), schedule, SEED)
+        return (*INPUT, "model.rpn", schedule, SEED, *DATA_PARALLEL, *(fresh if step is STRONG_RPN else ()))
+    return (*INPUT, "model.roi", _cache_settings(step), schedule, SEED, *DATA_PARALLEL)
 
 
 def _cache_settings(step: TrainingStep) -> str:
@@ -271,7 +275,8 @@ REGISTRY: tuple[Stage | StageGroup, ...] = (
     # ---------------------------------------------------------------- approximate joint training (tasks/joint.py)
     Stage(JOINT_TRAIN, "Approximate joint training (paper sec. 3.2 ii): shared convs + RPN + detector, one loss, "
           "from init_weights with the alternating steps' input scale and RoI sampling.",
-          "tasks.joint:joint_train_task", (*INPUT, "model.rpn", "model.train_proposals", "model.roi", "train.joint", SEED),
+          "tasks.joint:joint_train_task", (*INPUT, "model.rpn", "model.train_proposals", "model.roi", "train.joint", SEED,
+                                         *DATA_PARALLEL),
           (_ckpt(INITIAL), PREPARED), outs=(_ckpt(JOINT_TRAIN),), plots=_plot(JOINT_TRAIN, "loss")),
     Stage(JOINT_EVALUATE, "VOC07 mAP, per-class AP, COCO AP of the joint model with evaluate's test settings; "
           "registered in MLflow.", "tasks.joint:joint_evaluate_task",
@@ -290,7 +295,7 @@ REGISTRY: tuple[Stage | StageGroup, ...] = (
           "sliding window.", "tasks.one_stage:one_stage_task",
           (*INPUT, "model.backbone", "model.pretrained", "model.backbone_options", "model.anchors",
            "model.rpn.mid_channels", "model.rpn.allowed_border", "model.roi", "train.one_stage",
-           "pipeline.init_seed", SEED),
+           "pipeline.init_seed", SEED, *DATA_PARALLEL),
           (PREPARED,), outs=(_ckpt("one_stage"),), plots=_plot("one_stage", "loss")),
     Stage("one_stage_score", "The one-stage detector scored on the test split (a stage of its own: evaluation "
           "settings are no input of its training).", "tasks.one_stage:one_stage_score_task",

@@ -7,7 +7,9 @@ with the loop of ``model.training``, and writes the checkpoint, metrics and plot
 
 Every step keeps its in-progress checkpoint under ``outputs/.resume`` (see
 ``tasks.resume``): a killed run resumes from its last saved iteration when run again.
-The step's output checkpoint is written only once training has finished. A detector
+The step's output checkpoint is written only once training has finished. With
+``pipeline.nproc_per_node`` > 1 the stage runs as that many processes (``tasks.world``):
+each trains on its shard of the images, and only rank 0 logs and writes. A detector
 step is scored on the test split by its own stage (``tasks.score``), so evaluation
 settings are no input of the training.
 """
@@ -29,6 +31,7 @@ from tasks.proposals import load_cache
 from tasks.resume import ResumeFiles, resume_files
 from tasks.settings import Settings, training_schedule
 from tasks.weights import build_stronger_rpn, device, load_model, reset_layers
+from tasks.world import data_parallel, is_main, joined, training_run
 
 
 def _start_model(step: TrainingStep, settings: Settings) -> FasterRCNN:
@@ -74,21 +77,23 @@ def loss_summary(history: list[dict[str, float]], window: int = 20) -> dict[str,
 
 
 def run_step(stage: str, settings: Settings, progress: bool = True) -> dict[str, Any]:
-    """Train one step (resuming if a matching in-progress checkpoint exists); returns its metrics."""
-    from tasks.tracking import stage_run
+    """Train one step (resuming if a matching in-progress checkpoint exists); returns its metrics
+    (in every process of a ``pipeline.nproc_per_node`` > 1 run; rank 0's are the stage's)."""
+    with joined(settings):
+        return _run_step(stage, settings, progress)
 
+
+def _run_step(stage: str, settings: Settings, progress: bool) -> dict[str, Any]:
     step = training_step(stage)
     kind = step.kind
-    schedule = training_schedule(settings, step.schedule)
+    schedule = data_parallel(training_schedule(settings, step.schedule), settings)
     files = resume_files(stage, settings, _inputs(step))
     resumed_from, saved_history = saved_progress(files)
     manifest = read_manifest()
     train_set = load_split("train", manifest)
 
-    with stage_run(stage, settings.tracking.experiment, settings, step=step.paper_step,
-                   resume_run_id=files.mlflow_run_id() if resumed_from else None, system_metrics=True) as run:
-        files.remember_run(run.run_id)
-        if resumed_from:
+    with training_run(stage, settings, files, resumed_from, step=step.paper_step, system_metrics=True) as run:
+        if resumed_from and is_main():
             print(f"{stage}: resuming from iteration {resumed_from} of {schedule.iterations} ({files.checkpoint})")
             # Losses of the killed run that never reached MLflow (sent in batches) come
             # from the checkpoint's own history.
@@ -106,6 +111,8 @@ def run_step(stage: str, settings: Settings, progress: bool = True) -> dict[str,
                                      trainable_groups=step.trains, resume=True, progress=progress,
                                      on_log=run.log_loss, extra=extra)
         run.flush()
+        if not is_main():
+            return {}
         metrics: dict[str, Any] = {
             "iterations": schedule.iterations,
             "resumed_from": resumed_from,

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from dvc.utils.hydra import compose_and_dump
 
-from flows.stage import STAGE_PARAMS, TRACKING_PARAMS
+from flows.stage import RUNTIME_PARAMS, STAGE_PARAMS, TRACKING_PARAMS
 from model.config import DetectorConfig
 from tasks import layout
 from tasks.params import select
@@ -71,7 +71,7 @@ def test_every_profile_gives_every_stage_its_params(tmp_path: Path, data: str, m
     assert params["data"]["name"] == data and params["model"]["backbone"] == model and params["train"]["name"] == train
     for stage, keys in STAGE_PARAMS.items():
         select(params, keys)  # raises if a declared key is missing
-    select(params, TRACKING_PARAMS)
+    select(params, (*TRACKING_PARAMS, *RUNTIME_PARAMS))
     # Every section passes the checks a stage runs at its start (types, ranges, unknown keys;
     # the dataset folders of bccd / voc07 need not exist here).
     settings = decode(params, check_paths=False)

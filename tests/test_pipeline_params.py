@@ -158,7 +158,7 @@ def test_detections_of_a_class_without_ground_truth_do_not_break_scoring() -> No
 def test_run_seed_shifts_every_training_seed():
     from tasks.settings import SEED_STRIDE, run_seed, training_schedule
 
-    params = {"pipeline": {"seed": 0, "init_seed": 0},
+    params = {"pipeline": {"seed": 0, "init_seed": 0, "ss_workers": 0, "nproc_per_node": 1, "lr_scaling": "linear"},
               "train": {"step1_rpn": {"iterations": 4, "seed": 7}}}
     declared = ["pipeline", "train.step1_rpn"]
     settings = decode(params, declared)

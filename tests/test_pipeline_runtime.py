@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from flows import runtime
-from flows.stage import STAGE_PARAMS, stage_settings
+from flows.stage import RUNTIME_PARAMS, STAGE_PARAMS, stage_settings
 from tasks.params import ParamsError
 from tasks.settings import selection
 
@@ -68,7 +68,10 @@ def test_stage_flow_sees_declared_params_and_tracking_only(monkeypatch: pytest.M
     settings = stage_settings("step3_rpn")
     params = selection(settings)
     assert set(params) == {"data", "model", "train", "pipeline", "tracking"}
-    assert set(params["pipeline"]) == {"seed"}  # the run's place in a seed study, not init_seed
+    # The run's place in a seed study (not init_seed), its processes and lr rule, and the
+    # runtime settings every stage reads.
+    assert set(params["pipeline"]) == {"seed", "ss_workers", "nproc_per_node", "lr_scaling"}
+    assert "pipeline.ss_workers" in RUNTIME_PARAMS and "pipeline.ss_workers" not in STAGE_PARAMS["ss_proposals"]
     assert set(params["model"]) == {"rpn"}
     assert set(params["train"]) == {"step3_rpn"}
     assert set(params["data"]) == {"input"}
@@ -82,3 +85,25 @@ def test_stage_flow_sees_declared_params_and_tracking_only(monkeypatch: pytest.M
     with pytest.raises(ParamsError, match="'pipeline.init_seed' is not among this stage's declared params"):
         settings.pipeline.init_seed
     assert "tracking.experiment" not in STAGE_PARAMS["step3_rpn"]
+
+
+def test_data_parallel_settings_are_typed_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training stage reads ``pipeline.nproc_per_node`` / ``lr_scaling`` as typed settings;
+    a stage that does not declare them runs as one process."""
+    from flows.stage import data_parallel_processes
+    from model.training import TrainSchedule
+    from tasks.settings import decode
+    from tasks.world import data_parallel
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert data_parallel_processes(stage_settings("ss_proposals")) == 1
+    assert stage_settings("ss_proposals").pipeline.ss_workers == 0  # runtime: read, not a DVC param
+    declared = ["pipeline.nproc_per_node", "pipeline.lr_scaling"]
+    two = decode({"pipeline": {"nproc_per_node": 2, "lr_scaling": "linear"}}, declared)
+    assert data_parallel_processes(two) == 2
+    # One process started for a 2-process setting: refused by name, not trained at the wrong lr.
+    with pytest.raises(ParamsError, match="pipeline.nproc_per_node = 2 but this stage runs with 1"):
+        data_parallel(TrainSchedule(iterations=1, base_lr=0.01), two)
+    one = decode({"pipeline": {"nproc_per_node": 1, "lr_scaling": "linear"}}, declared)
+    assert data_parallel(TrainSchedule(iterations=1, base_lr=0.01), one).base_lr == pytest.approx(0.01)

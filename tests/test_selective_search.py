@@ -15,6 +15,7 @@ from model.selective_search import (
     SelectiveSearchUnavailableError,
     _rects_to_boxes,
     rank_scores,
+    resolve_workers,
     selective_search,
     selective_search_dataset,
 )
@@ -150,3 +151,33 @@ def test_dataset_cache_format(tmp_path):
     wrong = DetectionDataset(BCCD, ("RBC",), [ImageRecord("x", records[0].path, 600, 480)])
     with pytest.raises(DatasetError, match="BloodImage_00000.jpg.*640x480"):
         selective_search_dataset(wrong, progress=False)
+
+
+@needs_bccd
+def test_two_processes_give_the_serial_boxes():
+    # Four real images over 2 worker processes: each image's search reseeds rand() in the
+    # process that runs it, so the boxes (order included) are the serial run's.
+    records = [
+        ImageRecord(f"BloodImage_0000{i}", BCCD / "JPEGImages" / f"BloodImage_0000{i}.jpg", 640, 480)
+        for i in range(4)
+    ]
+    dataset = DetectionDataset(BCCD, ("RBC", "WBC", "Platelets"), records)
+    serial = selective_search_dataset(dataset, max_side=200, max_proposals=300, progress=False, workers=1)
+    parallel = selective_search_dataset(dataset, max_side=200, max_proposals=300, progress=False, workers=2)
+    assert list(parallel) == list(serial) == [r.image_id for r in records]
+    for image_id, (boxes, scores) in serial.items():
+        assert boxes.shape[0] > 50
+        assert torch.equal(parallel[image_id][0], boxes) and torch.equal(parallel[image_id][1], scores)
+    # A bad image fails the parallel run with the serial run's message, naming the file.
+    wrong = DetectionDataset(BCCD, ("RBC",), [*records[:2], ImageRecord("x", records[0].path, 600, 480)])
+    with pytest.raises(DatasetError, match="BloodImage_00000.jpg.*640x480"):
+        selective_search_dataset(wrong, progress=False, workers=2)
+
+
+def test_resolve_workers():
+    assert resolve_workers(2, 10) == 2
+    assert resolve_workers(8, 3) == 3  # never more processes than images
+    assert resolve_workers(1, 0) == 1
+    assert resolve_workers(0, 10_000) >= 1  # one per core
+    with pytest.raises(ValueError, match="workers"):
+        resolve_workers(-1, 5)
