@@ -21,16 +21,16 @@ from flows.runtime import MODE_ENV, call, run_flow
 
 from tasks.lazy_prefect import flow
 from tasks.params import ParamsError, load_params, select
-from tasks.settings import Settings, SettingsError, decode, declares
+from tasks.settings import RUNTIME_KEYS, Settings, SettingsError, decode, declares
 from tasks.stages import ABLATION_ROWS, REGISTRY, STAGES, Stage, producers, row_key, stage_spec
 
 #: Read by every stage but not an input of any output (where runs are logged, like
 #: MLFLOW_TRACKING_URI), so not a DVC param dependency: renaming the experiment
 #: re-runs nothing.
 TRACKING_PARAMS = ("tracking.experiment",)
-#: How a stage runs, not what it makes (like FRCNN_THREADS): read by every stage, no DVC
-#: param, so changing it re-runs nothing. ``pipeline.ss_workers``: selective-search processes.
-RUNTIME_PARAMS = ("pipeline.ss_workers",)
+#: How a stage runs, not what it makes (``tasks.settings.RUNTIME_KEYS``): read by every
+#: stage, no DVC param and not in a resume key, so changing it re-runs and restarts nothing.
+RUNTIME_PARAMS = RUNTIME_KEYS
 #: dvc.yaml ``params:`` of every stage.
 STAGE_PARAMS: dict[str, tuple[str, ...]] = {name: stage_spec(name).params for name in STAGES}
 

@@ -28,7 +28,7 @@ from typing import Any
 from model.proposal_cache import file_sha256
 from tasks import layout
 from tasks.params import digest
-from tasks.settings import selection
+from tasks.settings import selection, without_runtime_keys
 
 # The code a training stage runs: a change here invalidates in-progress checkpoints.
 CODE_DIRS = ("model", "tasks", "flows")
@@ -70,11 +70,11 @@ def code_digest(root: Path | None = None) -> str:
 
 
 def resume_key(stage: str, settings: Any, inputs: Iterable[Path | str]) -> str:
-    """Digest of the stage name, its params (those its ``settings`` were decoded from), its
-    input files' bytes and the code."""
+    """Digest of the stage name, its params (those its ``settings`` were decoded from, less
+    the runtime keys), its input files' bytes and the code."""
     hasher = hashlib.sha256()
     hasher.update(stage.encode("utf-8"))
-    hasher.update(digest(selection(settings)).encode("ascii"))
+    hasher.update(digest(without_runtime_keys(selection(settings))).encode("ascii"))
     for path in sorted(str(p) for p in inputs):
         hasher.update(path.encode("utf-8"))
         hasher.update(file_sha256(path).encode("ascii"))

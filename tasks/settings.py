@@ -163,7 +163,7 @@ class PipelineSettings:
     init_seed: NonNegative  # seed of the fresh layers (RPN, classifier, box regressor)
     seed: NonNegative  # run k of a seed study (``run_seed``)
     # Selective-search processes (0: one per core); a runtime setting, no DVC param
-    # (``flows.stage.RUNTIME_PARAMS``).
+    # (``RUNTIME_KEYS``).
     ss_workers: NonNegative
     # Processes per machine of a training stage (torchrun) and its lr rule (``tasks.world``).
     nproc_per_node: Positive
@@ -259,6 +259,29 @@ class Partial:
 def declares(section: Any, name: str) -> bool:
     """Whether ``section`` (a decoded dataclass or a ``Partial`` of one) holds field ``name``."""
     return section.declares(name) if isinstance(section, Partial) else True
+
+
+#: Settings of how a stage runs, not of what it makes (like FRCNN_THREADS): every stage
+#: reads them, none declares them as a DVC param, and a resume key leaves them out, so a
+#: killed stage restarted with another value resumes. ``pipeline.ss_workers``:
+#: selective-search processes.
+RUNTIME_KEYS: tuple[str, ...] = ("pipeline.ss_workers",)
+
+
+def without_runtime_keys(chosen: dict[str, Any]) -> dict[str, Any]:
+    """``chosen`` (a ``selection``) with the ``RUNTIME_KEYS`` removed, in place; returned."""
+    for dotted in RUNTIME_KEYS:
+        parts = dotted.split(".")
+        sections: list[Any] = [chosen]
+        for part in parts[:-1]:
+            sections.append(sections[-1].get(part) if isinstance(sections[-1], Mapping) else None)
+        if isinstance(sections[-1], dict):
+            sections[-1].pop(parts[-1], None)
+        # A section left empty goes too: declaring only a runtime key changes nothing.
+        for depth in range(len(parts) - 1, 0, -1):
+            if sections[depth] == {} and isinstance(sections[depth - 1], dict):
+                sections[depth - 1].pop(parts[depth - 1], None)
+    return chosen
 
 
 def selection(settings: Any) -> dict[str, Any]:

@@ -116,6 +116,11 @@ def test_resume_key_follows_params_and_input_bytes(tmp_path: Path, monkeypatch: 
     first = resume.resume_files("step1_rpn", PARAMS, [checkpoint])
     assert first.checkpoint == Path("outputs/.resume") / f"step1_rpn-{first.key}.pt"
     assert resume.resume_files("step1_rpn", PARAMS, [checkpoint]).key == first.key
+    # A runtime setting (how the stage runs, not what it makes) keeps the key: a killed
+    # stage restarted with more selective-search processes still resumes.
+    for workers in (0, 3):
+        runtime = {**PARAMS, "pipeline": {**PARAMS.get("pipeline", {}), "ss_workers": workers}}
+        assert resume.resume_files("step1_rpn", runtime, [checkpoint]).key == first.key
     first.checkpoint.write_bytes(b"in progress")
     first.remember_run("run-123")
     assert first.mlflow_run_id() == "run-123"
