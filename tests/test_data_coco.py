@@ -145,3 +145,36 @@ def test_to_coco_cli_on_bccd(tmp_path):
     assert [r.image_id for r in back.records] == [r.image_id for r in voc.records]
     assert [r.objects for r in back.records] == [r.objects for r in voc.records]
     assert back.records[0].path == voc.records[0].path
+
+
+def test_quiet_stdout_from_two_threads_leaves_stdout_as_it_was() -> None:
+    # The pipeline flow scores ablation rows in two threads: overlapping redirects of the
+    # process-wide sys.stdout once left it pointing at one thread's buffer for good.
+    import sys
+    import threading
+    import time
+
+    from model.data.coco import quiet_stdout
+
+    original = sys.stdout
+    first_inside, second_starting, first_done = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with quiet_stdout("first"):
+            first_inside.set()
+            second_starting.wait(5)
+            time.sleep(0.3)  # the second thread tries to redirect meanwhile
+        first_done.set()
+
+    def second() -> None:
+        first_inside.wait(5)
+        second_starting.set()
+        with quiet_stdout("second"):
+            first_done.wait(5)  # ends its redirect after the first thread ended its own
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sys.stdout is original

@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -123,12 +124,18 @@ def write_coco_json(dataset: DetectionDataset, path: Path, include_difficult: bo
     return path
 
 
+# ``redirect_stdout`` swaps the process-wide ``sys.stdout``: two threads (the pipeline flow
+# scores ablation rows concurrently) overlapping their redirects would restore each other's
+# buffers and leave ``sys.stdout`` pointing at a StringIO for good. One redirect at a time.
+_STDOUT_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def quiet_stdout(what: str):
-    """Route pycocotools' ``print`` output to the debug log instead of stdout."""
+    """Route pycocotools' ``print`` output to the debug log instead of stdout (thread-safe)."""
     buffer = io.StringIO()
     try:
-        with contextlib.redirect_stdout(buffer):
+        with _STDOUT_LOCK, contextlib.redirect_stdout(buffer):
             yield
     finally:
         for line in buffer.getvalue().splitlines():
