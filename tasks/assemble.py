@@ -46,6 +46,5 @@ def assemble_task(settings: Settings) -> dict[str, Any]:
 
     with stage_run("assemble", settings.tracking.experiment, settings) as run:
         model, metrics = assemble(settings)
-        run.log_metrics(metrics)
-        run.log_artifact(layout.metrics("assemble"), "metrics")
+        run.log_stage_outputs("assemble", metrics)
     return metrics

@@ -92,9 +92,7 @@ def _run_joint_train(settings: Settings, progress: bool) -> dict[str, Any]:
         save_checkpoint(layout.checkpoint(TRAIN_STAGE), model,
                         extra={"stage": TRAIN_STAGE, "iterations": plan.iterations})
         write_json(layout.metrics(TRAIN_STAGE), metrics)
-        run.log_metrics(metrics)
-        run.log_artifact(layout.metrics(TRAIN_STAGE), "metrics")
-        run.log_artifact(layout.plot(TRAIN_STAGE, "loss"), "plots")
+        run.log_stage_outputs(TRAIN_STAGE, metrics, plot="loss")
     files.clear()
     return metrics
 

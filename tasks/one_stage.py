@@ -102,9 +102,7 @@ def one_stage_task(settings: Settings) -> dict[str, Any]:
             run.flush()
             if not is_main():
                 return metrics
-            run.log_metrics(metrics)
-            run.log_artifact(layout.metrics(STAGE), "metrics")
-            run.log_artifact(layout.plot(STAGE, "loss"), "plots")
+            run.log_stage_outputs(STAGE, metrics, plot="loss")
         files.clear()
         return metrics
 
@@ -116,7 +114,5 @@ def one_stage_score_task(settings: Settings) -> dict[str, Any]:
 
     with stage_run(SCORE_STAGE, settings.tracking.experiment, settings) as run:
         metrics = score(settings)
-        run.log_metrics(metrics)
-        run.log_artifact(layout.metrics(SCORE_STAGE), "metrics")
-        run.log_artifact(layout.plot(SCORE_STAGE, "pr"), "plots")
+        run.log_stage_outputs(SCORE_STAGE, metrics, plot="pr")
     return metrics

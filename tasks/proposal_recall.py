@@ -86,8 +86,6 @@ def proposal_recall_task(settings: Settings) -> dict[str, Any]:
 
     with stage_run(STAGE, settings.tracking.experiment, settings) as run:
         metrics = compute(settings)
-        run.log_metrics(metrics)
-        run.log_artifact(layout.metrics(STAGE), "metrics")
+        run.log_stage_outputs(STAGE, metrics, plot="recall_vs_iou")
         run.log_artifact(CSV, "reports")
-        run.log_artifact(layout.plot(STAGE, "recall_vs_iou"), "plots")
     return metrics

@@ -161,7 +161,5 @@ def cache_proposals_task(stage: str, settings: Settings) -> dict[str, Any]:
     step = 1 if stage.startswith("step1") else 3
     with stage_run(stage, settings.tracking.experiment, settings, step=step) as run:
         metrics = cache_proposals(stage, settings)
-        run.log_metrics(metrics)
-        run.log_artifact(layout.metrics(stage), "metrics")
-        run.log_artifact(layout.plot(stage, "recall_vs_iou"), "plots")
+        run.log_stage_outputs(stage, metrics, plot="recall_vs_iou")
     return metrics

@@ -48,7 +48,5 @@ def score_step_task(stage: str, step_name: str, settings: Settings) -> dict[str,
 
     with stage_run(stage, settings.tracking.experiment, settings, step=training_step(step_name).paper_step) as run:
         metrics = score_step(stage, step_name, settings)
-        run.log_metrics(metrics)
-        run.log_artifact(layout.metrics(stage), "metrics")
-        run.log_artifact(layout.plot(stage, "pr"), "plots")
+        run.log_stage_outputs(stage, metrics, plot="pr")
     return metrics

@@ -47,7 +47,5 @@ def ss_proposals_task(settings: Settings) -> dict[str, Any]:
 
     with stage_run(SS_STAGE, settings.tracking.experiment, settings) as run:
         metrics = compute_ss_proposals(settings)
-        run.log_metrics(metrics)
-        run.log_artifact(layout.metrics(SS_STAGE), "metrics")
-        run.log_artifact(layout.plot(SS_STAGE, "recall_vs_iou"), "plots")
+        run.log_stage_outputs(SS_STAGE, metrics, plot="recall_vs_iou")
     return metrics

@@ -234,6 +234,14 @@ class StageRun:
         else:
             self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
+    def log_stage_outputs(self, stage: str, metrics: Mapping[str, Any], plot: str | None = None) -> None:
+        """What every stage's run records at its end: ``metrics`` as values, the stage's metrics
+        file (``layout.metrics(stage)``) and, when given, its plot ``layout.plot(stage, plot)``."""
+        self.log_metrics(metrics)
+        self.log_artifact(layout.metrics(stage), "metrics")
+        if plot is not None:
+            self.log_artifact(layout.plot(stage, plot), "plots")
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
 

@@ -126,9 +126,7 @@ def _run_step(stage: str, settings: Settings, progress: bool) -> dict[str, Any]:
 
         save_checkpoint(layout.checkpoint(stage), model, extra={"stage": stage, "iterations": schedule.iterations})
         write_json(layout.metrics(stage), metrics)
-        run.log_metrics(metrics)
-        run.log_artifact(layout.metrics(stage), "metrics")
-        run.log_artifact(layout.plot(stage, "loss"), "plots")
+        run.log_stage_outputs(stage, metrics, plot="loss")
     files.clear()
     return metrics
 
