@@ -109,7 +109,10 @@ class SameConv2d(nn.Conv2d):
     TF's total ``max((ceil(n / s) - 1) * s + k - n, 0)`` equals ``k - ((n - 1) % s + 1)``
     when ``k >= s``: integer operators only, so under ``torch.jit.trace`` (ONNX export) the
     sizes stay symbolic and the exported graph pads right for any input size. A 1x1
-    convolution never pads (its total is never positive).
+    convolution never pads (its total is never positive). At stride 1 with an odd kernel
+    the total is ``k - 1`` whatever the size, split evenly: the convolution's own zero
+    padding then does it, without ``F.pad``'s padded copy of the input (about a quarter of
+    the detector top's CPU time in channels-last; the same zeros, the same sums).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1):
@@ -117,8 +120,13 @@ class SameConv2d(nn.Conv2d):
         self.pads = kernel_size > 1
         if self.pads and kernel_size < stride:
             raise ValueError(f"SameConv2d: kernel {kernel_size} smaller than stride {stride} is not supported")
+        # Size-independent, symmetric SAME padding: stride 1, odd kernel.
+        self.symmetric = self.pads and stride == 1 and kernel_size % 2 == 1
+        self.symmetric_padding = (kernel_size - 1) // 2 if self.symmetric else 0
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.symmetric:
+            return F.conv2d(x, self.weight, None, self.stride, self.symmetric_padding, self.dilation, self.groups)
         if self.pads:
             pads = []
             for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
