@@ -27,8 +27,10 @@ trunk, as torchvision does). The last line is
 ``--device cuda --amp`` times a GPU run under ``torch.autocast`` (float16); without CUDA it
 stops with a clear message. ``--bf16`` runs both detectors under CPU bfloat16 autocast (ours
 through ``model.precision``, which keeps its box arithmetic in float32; torchvision's as
-autocast leaves it). ``--no-channels-last`` runs ours in NCHW (``model.memory_format``), to
-measure that lever; torchvision's always runs in PyTorch's default NCHW layout.
+autocast leaves it, except that its RoIPool adapter pools in float32, torchvision's CPU
+``roi_pool`` having no bfloat16 kernel). ``--no-channels-last`` runs ours in NCHW
+(``model.memory_format``), to measure that lever; torchvision's always runs in PyTorch's
+default NCHW layout (its modules are copies of ours, whose weights stay NCHW).
 """
 from __future__ import annotations
 
@@ -81,7 +83,8 @@ class RoIPoolAdapter(MultiScaleRoIAlign):
         self.spatial_scale = spatial_scale
 
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes) -> Tensor:
-        return roi_pool(features["0"], proposals, self.pool_size, self.spatial_scale)
+        # torchvision's CPU roi_pool has no bfloat16 kernel (--bf16): pool in float32, as ours does.
+        return roi_pool(features["0"].float(), [p.float() for p in proposals], self.pool_size, self.spatial_scale)
 
 
 class SharedRPNHead(nn.Module):

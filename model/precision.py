@@ -5,10 +5,14 @@
 several times faster than float32); everything about boxes stays float32: the RPN head's
 and the detector's outputs are cast back to float32 (``as_float32``) before anchors are
 decoded, boxes clipped, scored, ranked, suppressed or sampled, and losses are float32.
-It changes the numbers (bfloat16 keeps 8 significant bits), so it is opt-in: the
-``precision`` argument of ``model.inference`` / the detect CLI's ``--precision``, or
-``FRCNN_PRECISION=bfloat16`` for a whole process (the training loop and inference read it).
-The mAP difference it makes is in BENCHMARKS.md ("bfloat16").
+It changes the numbers (bfloat16 keeps 8 significant bits), so it is opt-in, and for
+inference only: the ``precision`` argument of ``model.inference``'s ``detect_dataset`` /
+``propose_dataset``, the detect CLI's ``--precision``, or ``FRCNN_PRECISION=bfloat16`` for a
+whole process (read where those get no precision). Training stays float32: a training step
+under bfloat16 autocast was slower on the CPU measured here, not faster (the casts of every
+weight and activation, and float32 batch norm between the bfloat16 convolutions), though the
+model trains under it (``tests/test_compute_speed.py``). The mAP difference and the speed are
+in BENCHMARKS.md ("bfloat16 inference").
 """
 from __future__ import annotations
 

@@ -57,7 +57,6 @@ from model.data.transforms import compute_scale, flip_boxes, load_training_sampl
 from model.config import DetectorConfig
 from model.detector import Detector
 from model.distributed import average_gradients, average_values, broadcast_state, current_world, gather, shard
-from model.precision import autocast
 from model.faster_rcnn import FasterRCNN
 from model.roi import detector_loss
 from model.roi.sampling import roi_matcher
@@ -479,8 +478,7 @@ def run_training(
                     group["lr"] = lr * group["lr_factor"]
                 entries = [order.next() for _ in range(ims_per_batch * world.size)]
                 batch = [(records[i], flipped) for i, flipped in shard(entries, world)]
-                with autocast(device):  # FRCNN_PRECISION (float32 unless opted in)
-                    losses = batch_losses(batch, generator, device)
+                losses = batch_losses(batch, generator, device)
                 total = sum(losses.values())
                 values = {k: float(v.detach()) for k, v in losses.items()}
                 values["total"] = float(total.detach())
