@@ -132,3 +132,30 @@ def test_bfloat16_training_step_gives_float32_losses_and_gradients(model: Faster
     finally:
         model.zero_grad(set_to_none=True)
         model.eval()
+
+
+@pytest.mark.parametrize("kernel, stride, groups", [(1, 1, 1), (3, 1, 8), (5, 2, 8), (3, 2, 1)])
+def test_folded_batch_norm_is_bn_after_conv(kernel: int, stride: int, groups: int):
+    """``conv_bn`` folds the fixed-statistics BN into the convolution: the same outputs up to
+    rounding, and the same gradients for the conv weight and the BN's affine parameters."""
+    from model.backbones.base import FixedStatsBatchNorm2d
+    from model.backbones.efficientnet_lite import SameConv2d, conv_bn
+
+    g = torch.Generator().manual_seed(kernel * 10 + stride)
+    conv = SameConv2d(8, 16 if groups == 1 else 8, kernel, stride=stride, groups=groups)
+    bn = FixedStatsBatchNorm2d(conv.out_channels, eps=1e-3)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(conv.out_channels, generator=g))
+        bn.running_var.copy_(torch.rand(conv.out_channels, generator=g) + 0.5)
+        bn.weight.copy_(torch.randn(conv.out_channels, generator=g))
+        bn.bias.copy_(torch.randn(conv.out_channels, generator=g))
+    x = torch.randn(2, 8, 11, 10, generator=g)
+    grads = []
+    for fn in (lambda: bn(conv(x)), lambda: conv_bn(x, conv, bn)):
+        conv.zero_grad(set_to_none=True)
+        bn.zero_grad(set_to_none=True)
+        out = fn()
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        grads.append((out.detach(), conv.weight.grad, bn.weight.grad, bn.bias.grad))
+    for plain, folded in zip(*grads, strict=True):
+        torch.testing.assert_close(folded, plain, rtol=1e-4, atol=1e-4)

@@ -42,6 +42,13 @@ class FixedStatsBatchNorm2d(nn.BatchNorm2d):
             training=False, momentum=0.0, eps=self.eps,
         )
 
+    def scale_shift(self) -> tuple[Tensor, Tensor]:
+        """``(scale [C], shift [C])`` with ``forward(x) = x * scale + shift`` per channel
+        (up to rounding), differentiable in ``weight`` and ``bias``: what a preceding
+        convolution can fold in (``model.backbones.efficientnet_lite.conv_bn``)."""
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        return scale, self.bias - self.running_mean * scale
+
 
 class Backbone(nn.Module):
     """A feature extractor split the Faster R-CNN way.
