@@ -31,7 +31,8 @@ cheaper choice for CPU runs (removing the stride instead would keep a 7x7 map an
 save almost nothing).
 
 All BN layers are ``FixedStatsBatchNorm2d``: running statistics are never updated
-(batches of 1-2 images), see ``model.backbones.base``. Stochastic depth (drop
+(batches of 1-2 images), see ``model.backbones.base``; being a fixed per-channel affine map,
+each is folded into the convolution before it at every call (``conv_bn``). Stochastic depth (drop
 connect) of the ImageNet training is not used.
 """
 from __future__ import annotations
