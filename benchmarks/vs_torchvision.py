@@ -25,7 +25,12 @@ trunk, as torchvision does). The last line is
 ``infer_ratio=R1 train_ratio=R2`` (ours / theirs; below 1 means ours is faster).
 
 ``--device cuda --amp`` times a GPU run under ``torch.autocast`` (float16); without CUDA it
-stops with a clear message.
+stops with a clear message. ``--bf16`` runs both detectors under CPU bfloat16 autocast (ours
+through ``model.precision``, which keeps its box arithmetic in float32; torchvision's as
+autocast leaves it, except that its RoIPool adapter pools in float32, torchvision's CPU
+``roi_pool`` having no bfloat16 kernel). ``--no-channels-last`` runs ours in NCHW
+(``model.memory_format``), to measure that lever; torchvision's always runs in PyTorch's
+default NCHW layout (its modules are copies of ours, whose weights stay NCHW).
 """
 from __future__ import annotations
 
@@ -49,7 +54,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.config import DetectorConfig  # noqa: E402
 from model.data.transforms import prepare_image  # noqa: E402
+from model import memory_format  # noqa: E402
 from model.faster_rcnn import FasterRCNN  # noqa: E402
+from model.precision import autocast as model_autocast  # noqa: E402
 from model.roi import detector_loss  # noqa: E402
 
 NUM_CLASSES = 20  # VOC
@@ -76,7 +83,8 @@ class RoIPoolAdapter(MultiScaleRoIAlign):
         self.spatial_scale = spatial_scale
 
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes) -> Tensor:
-        return roi_pool(features["0"], proposals, self.pool_size, self.spatial_scale)
+        # torchvision's CPU roi_pool has no bfloat16 kernel (--bf16): pool in float32, as ours does.
+        return roi_pool(features["0"].float(), [p.float() for p in proposals], self.pool_size, self.spatial_scale)
 
 
 class SharedRPNHead(nn.Module):
@@ -173,7 +181,9 @@ def print_settings(ours: FasterRCNN, theirs: TorchvisionFasterRCNN, args: argpar
     cfg = ours.cfg
     rpn = theirs.rpn
     print(f"backbone {cfg.backbone} (random init), {NUM_CLASSES} classes, device {args.device}"
-          f"{' amp' if args.amp else ''}, threads {torch.get_num_threads()}")
+          f"{' amp' if args.amp else ''}{' bf16' if args.bf16 else ''}, threads {torch.get_num_threads()}; "
+          f"ours in {'channels-last' if memory_format.CPU_CHANNELS_LAST and args.device == 'cpu' else 'NCHW'}, "
+          "torchvision in NCHW")
     print(f"input: shorter side {cfg.min_size}, longer <= {cfg.max_size}; "
           f"images {args.images} of {args.height}x{args.width}")
     print(f"anchors: ours {ours.rpn.num_anchors} (scales {cfg.anchors.scales}, ratios {cfg.anchors.ratios}); "
@@ -218,9 +228,17 @@ def timed(fn, device: str) -> float:
 
 
 def autocast(args: argparse.Namespace):
+    """The autocast torchvision's detector runs under."""
     if args.amp:
         return torch.autocast(device_type="cuda", dtype=torch.float16)
+    if args.bf16:
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     return torch.autocast(device_type="cpu", enabled=False)
+
+
+def our_autocast(args: argparse.Namespace):
+    """The autocast ours runs under (``model.precision`` for bfloat16)."""
+    return model_autocast(args.device, "bfloat16") if args.bf16 else autocast(args)
 
 
 def bench_inference(ours, theirs, images, args) -> tuple[float, float]:
@@ -234,7 +252,7 @@ def bench_inference(ours, theirs, images, args) -> tuple[float, float]:
 
     def run_ours(batch: list[np.ndarray]) -> None:
         prepared = [prepare_image(image, cfg.min_size, cfg.max_size) for image in batch]
-        with autocast(args):
+        with our_autocast(args):
             ours.detect_batch([t.to(device) for t, _ in prepared], [s for _, s in prepared])
 
     def run_theirs(batch: list[np.ndarray]) -> None:
@@ -268,7 +286,7 @@ def bench_training(ours, theirs, images, boxes, labels, args) -> tuple[float, fl
     batches = [(i % len(images), (i + 1) % len(images)) for i in range(0, len(images), 2)]
 
     def step_ours(batch) -> None:
-        with autocast(args):
+        with our_autocast(args):
             image, gt, lab, scale = (list(t) for t in zip(*(prepared[i] for i in batch)))
             losses, det = ours.joint_losses_batch(image, gt, lab, scale, generator)
             losses = dict(losses)
@@ -312,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast on the CPU, both detectors")
+    parser.add_argument("--no-channels-last", action="store_true",
+                        help="ours in NCHW like torchvision's (default: channels-last on the CPU)")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--batch-size", type=int, default=1, help="images per inference batch (default 1)")
     args = parser.parse_args(argv)
@@ -320,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--device {args.device}: CUDA is not available on this machine")
     if args.amp and not args.device.startswith("cuda"):
         parser.error("--amp needs --device cuda")
+    if args.bf16 and args.device != "cpu":
+        parser.error("--bf16 is the CPU's autocast; on a GPU use --amp")
+    if args.no_channels_last:
+        memory_format.CPU_CHANNELS_LAST = False
     if args.images < 2 or args.images % 2:
         parser.error("--images must be an even number >= 2 (training steps use pairs)")
     if args.pool_size and not args.backbone.startswith("efficientnet_lite"):

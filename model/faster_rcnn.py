@@ -100,7 +100,7 @@ class FasterRCNN(ParameterGroups, nn.Module):
         """Shared conv features ``[1, C, Hf, Wf]`` of one image ``[3, h, w]`` (RGB 0..255)."""
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"expected one image [3, h, w], got {tuple(image.shape)}")
-        return self.backbone.shared(self.backbone.normalize(image[None]))
+        return self.backbone.trunk(self.backbone.normalize(image[None]))
 
     def rpn_losses(
         self, image: Tensor, gt_boxes: Tensor, generator: torch.Generator | None = None
@@ -205,7 +205,7 @@ class FasterRCNN(ParameterGroups, nn.Module):
     def features_batch(self, images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
         """Features ``[B, C, Hf, Wf]`` of the padded batch and each image's ``(h_i, w_i)``."""
         batch, sizes = pad_images(images, self.backbone.normalize)
-        return self.backbone.shared(batch), sizes
+        return self.backbone.trunk(batch), sizes
 
     def rpn_outputs_batch(
         self,

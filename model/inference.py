@@ -2,6 +2,8 @@
 
 Shapes: P proposals, D detections per image; all boxes in original-image pixels,
 0-based inclusive (see ``model``). Images are resized the test way (no flip).
+``precision`` ("float32" / "bfloat16", ``model.precision``; None: ``FRCNN_PRECISION``, else
+float32) is the network's compute precision.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from model.batching import chunks
 from model.detections import Detections
 from model.detector import Detector
 from model.faster_rcnn import FasterRCNN
+from model.precision import autocast
 
 
 def _input(model: Detector, record: ImageRecord) -> tuple[Tensor, float]:
@@ -39,6 +42,7 @@ def propose_dataset(
     progress: bool = True,
     generator: torch.Generator | None = None,
     batch_size: int = 1,
+    precision: str | None = None,
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """``image_id -> (boxes [P, 4], scores [P])`` on the CPU, in the RPN's rank order.
 
@@ -52,7 +56,9 @@ def propose_dataset(
     with tqdm(total=len(dataset.records), desc="proposals", disable=not progress, dynamic_ncols=True) as bar:
         for records in chunks(dataset.records, batch_size):
             images, scales = _inputs(model, records)
-            for record, (boxes, scores) in zip(records, model.propose_batch(images, scales, proposal_cfg, generator)):
+            with autocast(images[0].device, precision):
+                batch = model.propose_batch(images, scales, proposal_cfg, generator)
+            for record, (boxes, scores) in zip(records, batch):
                 out[record.image_id] = (boxes.cpu(), scores.cpu())
             bar.update(len(records))
     return out
@@ -64,6 +70,7 @@ def detect_dataset(
     proposals: Mapping[str, Tensor | tuple[Tensor, Tensor]] | None = None,
     progress: bool = True,
     batch_size: int = 1,
+    precision: str | None = None,
 ) -> dict[str, Detections]:
     """``image_id -> Detections`` (CPU tensors) for every image of ``dataset``.
 
@@ -87,7 +94,9 @@ def detect_dataset(
             if proposals is not None:
                 values = [proposals[record.image_id] for record in records]
                 boxes = [v[0] if isinstance(v, (tuple, list)) else v for v in values]
-            for record, det in zip(records, model.detect_batch(images, scales, boxes)):
+            with autocast(images[0].device, precision):
+                detections = model.detect_batch(images, scales, boxes)
+            for record, det in zip(records, detections):
                 results[record.image_id] = Detections(det.boxes.cpu(), det.scores.cpu(), det.labels.cpu())
             bar.update(len(records))
     return results

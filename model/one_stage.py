@@ -60,6 +60,7 @@ from model.roi import detector_loss, postprocess_detections
 from model.training import TrainSchedule, load_batch, run_training
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.detector import ParameterGroups, evaluating
+from model.precision import as_float32
 from model.rpn.network import own_anchor_positions
 from model.rpn.targets import anchor_matcher, label_anchors
 
@@ -153,7 +154,8 @@ class OneStageHead(nn.Module):
         logits = self.cls(hidden).permute(0, 2, 3, 1)  # [B, Hf, Wf, A(K+1)]
         deltas = self.reg(hidden).permute(0, 2, 3, 1)
         batch = features.shape[0]
-        return logits.reshape(batch, -1, self.num_columns), deltas.reshape(batch, -1, 4 * self.num_columns)
+        return (as_float32(logits.reshape(batch, -1, self.num_columns)),
+                as_float32(deltas.reshape(batch, -1, 4 * self.num_columns)))
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """``[1, C, Hf, Wf]`` -> logits ``[N, K+1]`` and deltas ``[N, 4(K+1)]``, ``shift_anchors`` order."""
@@ -163,7 +165,7 @@ class OneStageHead(nn.Module):
         # Channel-last then flatten: row (y * Wf + x) * A + a, as model.anchors lays anchors out.
         logits = logits.permute(1, 2, 0).reshape(-1, self.num_columns)
         deltas = deltas.permute(1, 2, 0).reshape(-1, 4 * self.num_columns)
-        return logits, deltas
+        return as_float32(logits), as_float32(deltas)  # float32 under bfloat16 autocast too
 
 
 class OneStageDetector(ParameterGroups, nn.Module):
@@ -222,7 +224,7 @@ class OneStageDetector(ParameterGroups, nn.Module):
         """Shared conv features ``[1, C, Hf, Wf]`` of one image ``[3, h, w]`` (RGB 0..255)."""
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"expected one image [3, h, w], got {tuple(image.shape)}")
-        return self.backbone.shared(self.backbone.normalize(image[None]))
+        return self.backbone.trunk(self.backbone.normalize(image[None]))
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Anchors ``[N, 4]`` (input pixels), logits ``[N, K+1]``, normalised deltas ``[N, 4(K+1)]``."""
@@ -260,7 +262,7 @@ class OneStageDetector(ParameterGroups, nn.Module):
         image labelled on the windows of its own feature map (none of the padding), the sampled
         windows of all images concatenated in image order. One image gives ``loss_terms``'s."""
         batch, sizes = pad_images(images, self.backbone.normalize)
-        features = self.backbone.shared(batch)
+        features = self.backbone.trunk(batch)
         logits, deltas = self.head.forward_batch(features)
         map_size = (features.shape[2], features.shape[3])
         anchors = shift_anchors(self.reference_anchors, *map_size, self.backbone.stride)

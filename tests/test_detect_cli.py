@@ -119,3 +119,17 @@ def test_cli_takes_a_folder_in_batches(files: tuple[Path, Path], tmp_path: Path,
 def test_cli_refuses_an_empty_folder(files: tuple[Path, Path], tmp_path: Path) -> None:
     checkpoint, _ = files
     assert main(["--checkpoint", str(checkpoint), "--image", str(tmp_path)]) == 2
+
+
+def test_cli_bfloat16_finds_what_float32_finds(files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    checkpoint, image = files
+    monkeypatch.delenv("FRCNN_PRECISION", raising=False)
+    plain = run_main(main, "--checkpoint", str(checkpoint), "--image", str(image))
+    fast = run_main(main, "--checkpoint", str(checkpoint), "--image", str(image), "--precision", "bfloat16")
+    assert plain.returncode == 0 and fast.returncode == 0, fast.stderr
+    assert {d["class"] for d in json.loads(fast.stdout)} == {d["class"] for d in json.loads(plain.stdout)} == {"dog"}
+    refused = run_main(main, "--onnx", str(checkpoint), "--image", str(image), "--precision", "bfloat16")
+    assert refused.returncode == 2 and "float32 graph" in refused.stderr
+    monkeypatch.setenv("FRCNN_PRECISION", "fp8")
+    bad = run_main(main, "--checkpoint", str(checkpoint), "--image", str(image))
+    assert bad.returncode == 2 and "FRCNN_PRECISION" in bad.stderr

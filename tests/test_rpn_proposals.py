@@ -150,3 +150,28 @@ def test_bad_ranking_and_empty_input():
         _run(_cfg(ranking="best"))
     boxes, scores = _run(_cfg(), boxes=torch.zeros(0, 4), scores=torch.zeros(0), deltas=torch.zeros(0, 4))
     assert boxes.shape == (0, 4) and scores.shape == (0,)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("prefix", [None, 7, 64])
+def test_nms_first_is_torchvisions_first_boxes(threshold: float, prefix: int | None):
+    """NMS over growing prefixes keeps exactly what full NMS keeps first, in clusters of
+    near-duplicates (many suppressions) and in spread-out boxes (few)."""
+    from torchvision.ops import nms
+
+    from model.rpn.nms import nms_first
+
+    g = torch.Generator().manual_seed(int(threshold * 10) + (prefix or 0))
+    centres = torch.rand(40, 2, generator=g) * 500
+    clustered = centres.repeat(30, 1) + torch.randn(1200, 2, generator=g) * 6
+    spread = torch.rand(800, 2, generator=g) * 500
+    for xy in (clustered, spread):
+        wh = torch.rand(xy.shape[0], 2, generator=g) * 120 + 8
+        boxes = torch.cat([xy, xy + wh], 1)
+        boxes = boxes[torch.randperm(boxes.shape[0], generator=g)]
+        full = nms(boxes, torch.arange(boxes.shape[0], 0, -1, dtype=torch.float32), threshold)
+        for limit in (1, 50, full.numel(), full.numel() + 10):
+            assert torch.equal(nms_first(boxes, threshold, limit, prefix), full[:limit])
+    assert nms_first(torch.zeros((0, 4)), 0.7, 5).numel() == 0
+    with pytest.raises(ValueError, match="positive limit"):
+        nms_first(boxes, 0.7, 0)

@@ -13,6 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from model.memory_format import conv_layout
+from model.precision import as_float32
+
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights could not be obtained (no network, missing package, unreadable file)."""
@@ -38,6 +41,13 @@ class FixedStatsBatchNorm2d(nn.BatchNorm2d):
             x, self.running_mean, self.running_var, self.weight, self.bias,
             training=False, momentum=0.0, eps=self.eps,
         )
+
+    def scale_shift(self) -> tuple[Tensor, Tensor]:
+        """``(scale [C], shift [C])`` with ``forward(x) = x * scale + shift`` per channel
+        (up to rounding), differentiable in ``weight`` and ``bias``: what a preceding
+        convolution can fold in (``model.backbones.efficientnet_lite.conv_bn``)."""
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        return scale, self.bias - self.running_mean * scale
 
 
 class Backbone(nn.Module):
@@ -101,9 +111,15 @@ class Backbone(nn.Module):
             images = images[:, list(self.channel_order)]
         return (images - self.pixel_mean) / self.pixel_std
 
+    def trunk(self, normalized: Tensor) -> Tensor:
+        """``shared`` on normalised images ``[N, 3, H, W]`` -> float32 ``[N, C, Hf, Wf]``, run in
+        the device's fast activation layout (``model.memory_format``: channels-last on the CPU;
+        under bfloat16 autocast, ``model.precision``, the features come back in float32)."""
+        return as_float32(self.shared(conv_layout(normalized)))
+
     def forward(self, images: Tensor) -> Tensor:
-        """Convenience: ``shared(normalize(images))``, RGB 0..255 ``[N, 3, H, W]`` -> ``[N, C, Hf, Wf]``."""
-        return self.shared(self.normalize(images))
+        """Convenience: ``trunk(normalize(images))``, RGB 0..255 ``[N, 3, H, W]`` -> ``[N, C, Hf, Wf]``."""
+        return self.trunk(self.normalize(images))
 
     def feature_size(self, height: int, width: int) -> tuple[int, int]:
         """``(Hf, Wf)`` that ``shared`` gives one ``height`` x ``width`` input, found by running

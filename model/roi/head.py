@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from torchvision.ops import roi_pool
 
 from model.config import RoIConfig
+from model.memory_format import conv_layout, has_convolutions
+from model.precision import as_float32
 
 
 class DetectorHead(nn.Module):
@@ -47,6 +49,8 @@ class DetectorHead(nn.Module):
         self.pool_size = pool_size
         self.num_classes = num_classes
         self.spatial_scale = spatial_scale
+        # A convolutional top (Lite's late blocks) runs on channels-last RoIs on the CPU.
+        self.conv_top = has_convolutions(top)
         self.cls_score = nn.Linear(top_channels, num_classes + 1)
         self.bbox_pred = nn.Linear(top_channels, 4 * (num_classes + 1))
         nn.init.normal_(self.cls_score.weight, std=0.01)
@@ -103,6 +107,8 @@ class DetectorHead(nn.Module):
 
     def forward(self, features: Tensor, rois: Tensor | Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """``features`` ``[B, C, Hf, Wf]``, ``rois`` in input pixels (see ``pool``) ->
-        class logits ``[R, K+1]`` and normalised box deltas ``[R, 4(K+1)]``, R all RoIs."""
-        x = self.top(self.pool(features, rois))
-        return self.cls_score(x), self.bbox_pred(x)
+        class logits ``[R, K+1]`` and normalised box deltas ``[R, 4(K+1)]``, R all RoIs; float32
+        also under bfloat16 autocast (``model.precision``)."""
+        pooled = self.pool(features, rois)
+        x = self.top(conv_layout(pooled) if self.conv_top else pooled)
+        return as_float32(self.cls_score(x)), as_float32(self.bbox_pred(x))

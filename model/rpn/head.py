@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from model.precision import as_float32
+
 
 class RPNHead(nn.Module):
     """3x3 conv + ReLU, then sibling 1x1 convs for objectness (2A) and box deltas (4A)."""
@@ -41,7 +43,8 @@ class RPNHead(nn.Module):
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """``features`` ``[N, C, Hf, Wf]`` -> objectness logits ``[N, Hf*Wf*A, 2]``
-        (column 1 = object) and deltas ``[N, Hf*Wf*A, 4]``, in ``shift_anchors`` order."""
+        (column 1 = object) and deltas ``[N, Hf*Wf*A, 4]``, in ``shift_anchors`` order; float32
+        also under bfloat16 autocast (``model.precision``), for decoding and ranking."""
         hidden = self.relu(self.conv(features))
         logits = self.cls(hidden)  # [N, 2A, Hf, Wf], channel c*A + a
         deltas = self.reg(hidden)  # [N, 4A, Hf, Wf], channel a*4 + j
@@ -49,7 +52,7 @@ class RPNHead(nn.Module):
         a = self.num_anchors
         logits = logits.view(n, 2, a, height, width).permute(0, 3, 4, 2, 1)  # [N, Hf, Wf, A, 2]
         deltas = deltas.view(n, a, 4, height, width).permute(0, 3, 4, 1, 2)  # [N, Hf, Wf, A, 4]
-        return logits.reshape(n, -1, 2), deltas.reshape(n, -1, 4)
+        return as_float32(logits.reshape(n, -1, 2)), as_float32(deltas.reshape(n, -1, 4))
 
 
 def objectness_probability(logits: Tensor) -> Tensor:

@@ -11,7 +11,9 @@ The ``ProposalConfig`` switches give the paper's ablations (Table 2): ranking "r
 NMS uses ``torchvision.ops.nms`` on boxes with ``x2 + 1, y2 + 1``: its area and intersection
 are then exactly the +1-convention ones of the original. It is given the rank order as scores
 (not the objectness) so that it suppresses in exactly the order chosen by the ranking step,
-which also makes the random ranking well defined and score ties deterministic.
+which also makes the random ranking well defined and score ties deterministic. On the CPU,
+with a post-NMS top N, ``model.rpn.nms.nms_first`` gives the same first N boxes without
+deciding the boxes past them (the ONNX trace keeps ``torchvision.ops.nms``).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from torchvision.ops import nms
 
 from model.boxes import box_widths_heights, clip_boxes, decode_boxes
 from model.config import ProposalConfig
+from model.rpn.nms import nms_first
 
 RANKINGS = ("score", "random")
 
@@ -73,7 +76,10 @@ def generate_proposals(
         )
         inclusive = boxes.clone()
         inclusive[:, 2:] += 1.0
-        kept = nms(inclusive, rank_scores, cfg.nms_threshold)  # ascending rank
+        if cfg.post_nms_top_n > 0 and boxes.device.type == "cpu" and not torch.jit.is_tracing():
+            kept = nms_first(inclusive, cfg.nms_threshold, cfg.post_nms_top_n)  # = nms(...)[:top_n]
+        else:
+            kept = nms(inclusive, rank_scores, cfg.nms_threshold)  # ascending rank
         boxes, scores = boxes[kept], scores[kept]
 
     if cfg.post_nms_top_n > 0:
