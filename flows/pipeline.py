@@ -20,6 +20,11 @@ earlier stages. With ``FRCNN_ABLATION_WORKERS`` > 1 the flow runs the stale ones
 concurrent task runs (a thread-pool task runner) once the stages before them are done,
 then commits each; with 1 (the default) they run one after another like every stage.
 
+With ``fan_out`` the stages that can run apart (the ablations' extra models, selective
+search, the rows, recall, timing...) run instead as flow runs of the per-stage deployment
+on the pool's workers, each in its own clone, their outputs brought back through the DVC
+remote (``flows.fanout``, ``flows.stage_worker``); the rest runs here meanwhile.
+
 ``overrides`` (Hydra, like ``dvc exp run -S``) re-compose params.yaml from conf/ first,
 e.g. ``["data=bccd", "train=cpu"]``. ``FRCNN_PIPELINE_RUN_ID`` is set to the flow run's
 id so that every stage's MLflow run carries it as ``pipeline_run_id``. At the end the
@@ -30,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import uuid
 from collections.abc import Sequence
@@ -39,8 +43,10 @@ from typing import Any
 
 import flows  # noqa: F401  (Prefect defaults before prefect is imported)
 from flows.artifacts import publish_results
-from flows.runtime import call, call_flow, in_flow_run, run_flow
-from flows.stage import configure_threads, data_parallel_processes, stage_call, stage_settings
+from flows.dvc_ops import FanOutError, commit_stage, stale_stages
+from flows.fanout import STAGE_DEPLOYMENT, run_fanned_out
+from flows.runtime import call, in_flow_run, run_flow
+from flows.stage import configure_threads, execute_stage, stage_settings
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -72,22 +78,6 @@ def compose_params(root: Path, overrides: Sequence[str]) -> None:
     compose_and_dump(root / "params.yaml", str(root / "conf"), None, "config", str(root), list(overrides))
 
 
-def stale_stages(root: Path, stage: str) -> dict[str, Any]:
-    """``dvc status <stage>``: empty when the stage is up to date."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        return repo.status(targets=[stage])
-
-
-def commit_stage(root: Path, stage: str) -> None:
-    """``dvc commit --force <stage>``: record what the stage just ran with and produced."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        repo.commit(stage, force=True)
-
-
 def _logger() -> Any:
     try:
         return get_run_logger()
@@ -108,29 +98,9 @@ def run_rows_concurrently(root: Path, rows: list[str], log: Any) -> None:
         commit_stage(root, stage)
 
 
-@flow(name="faster-rcnn-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=ablation_workers()))
-def pipeline_flow(
-    repo: str | None = None,
-    overrides: list[str] | None = None,
-    force: bool = False,
-    stages: list[str] | None = None,
-) -> dict[str, Any]:
-    """Bring every stage (or ``stages``) up to date; returns which ran and the final metrics."""
-    root = Path(repo).resolve() if repo else workspace()
-    os.chdir(root)
-    log = _logger()
-    if not os.environ.get(PIPELINE_RUN_ENV):
-        from prefect.context import FlowRunContext
-
-        context = FlowRunContext.get()
-        os.environ[PIPELINE_RUN_ENV] = str(context.flow_run.id) if context else f"local-{uuid.uuid4().hex[:12]}"
-    if overrides:
-        compose_params(root, overrides)
-        log.info("params.yaml composed with %s", overrides)
-    wanted = list(stages) if stages else list(STAGES)
-    unknown = [s for s in wanted if s not in STAGES]
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+def run_in_process(root: Path, wanted: list[str], force: bool, log: Any) -> tuple[list[str], list[str]]:
+    """Bring ``wanted`` up to date in this process, in dvc.yaml's order (rows concurrently
+    with ``FRCNN_ABLATION_WORKERS`` > 1); returns the stages run and skipped."""
     ran, skipped = [], []
     concurrent_rows = in_flow_run() and ablation_workers() > 1
     pending_rows: list[str] = []
@@ -150,18 +120,50 @@ def pipeline_flow(
         if concurrent_rows and row_key(stage) is not None:
             pending_rows.append(stage)  # every row's inputs are ready: the model stages came first
             continue
-        nproc = data_parallel_processes(stage_settings(stage))
-        if nproc > 1:
-            # N processes cannot be this one: the stage's own command starts them (torchrun);
-            # its rank 0 reports as a flow run of its own.
-            log.info("stage %s: %d processes (pipeline.nproc_per_node)", stage, nproc)
-            subprocess.run([sys.executable, "-m", "flows.stage", stage], cwd=root, check=True)
-        else:
-            flow_fn, args = stage_call(stage)
-            call_flow(flow_fn, *args)
+        execute_stage(root, stage)
         commit_stage(root, stage)
     if pending_rows:
         run_rows_concurrently(root, pending_rows, log)
+    return ran, skipped
+
+
+@flow(name="faster-rcnn-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=ablation_workers()))
+def pipeline_flow(
+    repo: str | None = None,
+    overrides: list[str] | None = None,
+    force: bool = False,
+    stages: list[str] | None = None,
+    fan_out: bool = False,
+    stage_deployment: str = STAGE_DEPLOYMENT,
+) -> dict[str, Any]:
+    """Bring every stage (or ``stages``) up to date; returns which ran and the final metrics.
+
+    ``fan_out``: the stages outside ``flows.fanout.LOCAL_STAGES`` run as flow runs of
+    ``stage_deployment`` on its pool's workers, their outputs brought back through the
+    DVC remote (``flows.fanout``); needs a Prefect API, workers and a DVC remote.
+    """
+    root = Path(repo).resolve() if repo else workspace()
+    os.chdir(root)
+    log = _logger()
+    if not os.environ.get(PIPELINE_RUN_ENV):
+        from prefect.context import FlowRunContext
+
+        context = FlowRunContext.get()
+        os.environ[PIPELINE_RUN_ENV] = str(context.flow_run.id) if context else f"local-{uuid.uuid4().hex[:12]}"
+    if fan_out and not in_flow_run():
+        raise FanOutError("fan_out hands stages to Prefect workers: run the flow against a Prefect API "
+                          "(PREFECT_API_URL, a server with workers on the stage deployment's pool)")
+    if overrides:
+        compose_params(root, overrides)
+        log.info("params.yaml composed with %s", overrides)
+    wanted = list(stages) if stages else list(STAGES)
+    unknown = [s for s in wanted if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    if fan_out:
+        ran, skipped = run_fanned_out(root, wanted, force, stage_deployment, os.environ[PIPELINE_RUN_ENV], log)
+    else:
+        ran, skipped = run_in_process(root, wanted, force, log)
     leftover: dict[str, Any] = {}
     for stage in wanted:
         leftover.update(stale_stages(root, stage))
@@ -175,9 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=tiny train=tiny")
     parser.add_argument("--force", action="store_true", help="run every stage even if up to date")
+    parser.add_argument("--fan-out", action="store_true",
+                        help="hand the stages that can run apart to workers of the stage deployment (flows.fanout)")
+    parser.add_argument("--stage-deployment", default=STAGE_DEPLOYMENT, help=f"default: {STAGE_DEPLOYMENT}")
     args = parser.parse_args(argv)
     configure_threads()
-    result = run_flow(pipeline_flow, overrides=args.overrides or None, force=args.force)
+    result = run_flow(pipeline_flow, overrides=args.overrides or None, force=args.force, fan_out=args.fan_out,
+                      stage_deployment=args.stage_deployment)
     print(result)
     return 0
 

@@ -11,18 +11,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import flows  # noqa: F401  (Prefect defaults before prefect is imported)
-from flows.runtime import MODE_ENV, call, run_flow
+from flows.runtime import MODE_ENV, call, call_flow, run_flow
 
 from tasks.lazy_prefect import flow
 from tasks.params import ParamsError, load_params, select
 from tasks.settings import RUNTIME_KEYS, Settings, SettingsError, decode, declares
-from tasks.stages import ABLATION_ROWS, REGISTRY, STAGES, Stage, producers, row_key, stage_spec
+from tasks.stages import ABLATION_ROWS, REGISTRY, STAGES, Stage, row_key, source_of, stage_spec
 
 #: Read by every stage but not an input of any output (where runs are logged, like
 #: MLFLOW_TRACKING_URI), so not a DVC param dependency: renaming the experiment
@@ -52,13 +53,13 @@ def stage_settings(stage: str, params_file: str = "params.yaml") -> Settings:
 def check_inputs(spec: Stage, root: Path | None = None) -> None:
     """Refuse to start ``spec`` while a file another stage writes is missing, naming that stage."""
     root = root or Path.cwd()
-    made_by = producers()
     for entry in spec.inputs:
         if "${" in entry or (root / entry).exists():
             continue
-        source = made_by.get(entry) or next((s for p, s in made_by.items() if entry.startswith(p + "/")), None)
-        if source is None:
+        found = source_of(entry)
+        if found is None:
             raise MissingInputError(f"{spec.name}: {entry} is missing")
+        source = found[0]
         raise MissingInputError(f"{spec.name}: {entry} is missing: run stage {source} first (dvc repro {source})")
 
 
@@ -131,6 +132,18 @@ def torchrun_command(stage: str, nproc: int) -> list[str]:
     (``tasks.world.join``: gloo on the CPU, NCCL on CUDA)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             "-m", "flows.stage", stage]
+
+
+def execute_stage(root: Path, stage: str) -> None:
+    """Run ``stage`` in ``root`` from a flow (the pipeline flow, or a fan-out worker's stage flow):
+    its flow as a subflow (its plain function outside a flow run), or, with
+    ``pipeline.nproc_per_node`` > 1, its own command, which starts its processes under torchrun
+    (N processes cannot be this one; its rank 0 reports as a flow run of its own)."""
+    if data_parallel_processes(stage_settings(stage, str(root / "params.yaml"))) > 1:
+        subprocess.run([sys.executable, "-m", "flows.stage", stage], cwd=root, check=True)
+        return
+    flow_fn, args = stage_call(stage)
+    call_flow(flow_fn, *args)
 
 
 #: Errors that are the user's to fix (a setting, a stage run out of order): one line, no traceback.

@@ -361,10 +361,26 @@ def stage_spec(name: str) -> Stage:
 
 
 def producers() -> dict[str, str]:
-    """Output path -> the stage that writes it (outs, reports and metrics files)."""
+    """Output path -> the stage that writes it (outs, reports, plots and metrics files)."""
     made: dict[str, str] = {}
     for stage in STAGE_SPECS.values():
-        for path in (*stage.outs, *stage.reports, stage.metrics):
+        for path in (*stage.outs, *stage.reports, *stage.plots, stage.metrics):
             made[path] = stage.name
     return made
+
+
+def source_of(entry: str) -> tuple[str, str] | None:
+    """(stage, declared path) of the stage that writes input ``entry``: a path it declares,
+    or a file inside a folder it declares (``data/prepared/classes.json``); None for a
+    file no stage writes (``${data.source}``, the dataset)."""
+    made_by = producers()
+    if entry in made_by:
+        return made_by[entry], entry
+    return next(((stage, path) for path, stage in made_by.items() if entry.startswith(path + "/")), None)
+
+
+def upstream(name: str) -> tuple[str, ...]:
+    """The stages whose files stage ``name`` reads, in pipeline order."""
+    sources = {found[0] for entry in stage_spec(name).inputs if (found := source_of(entry)) is not None}
+    return tuple(stage for stage in STAGES if stage in sources)
 

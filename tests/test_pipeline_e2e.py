@@ -112,6 +112,26 @@ def lock_outs(repo: Path) -> dict[str, str]:
             if not out["path"].startswith(("metrics/", "reports/"))}
 
 
+#: Where the stages' uncached outputs live (metrics, PNG plots, small reports).
+UNCACHED_DIRS = ("metrics", "plots", "reports")
+#: Metrics keys that measure time on this machine (wall time, Table 5's ms and fps).
+CLOCK_KEYS = re.compile(r"seconds|_ms$|^fps$")
+
+
+def without_clock(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: without_clock(v) for k, v in value.items() if not CLOCK_KEYS.search(str(k))}
+    if isinstance(value, list):
+        return [without_clock(v) for v in value]
+    return value
+
+
+def metrics_files(root: Path) -> dict[str, object]:
+    """Every metrics file under ``root``/metrics, less the clock readings."""
+    return {str(p.relative_to(root)): without_clock(json.loads(p.read_text()))
+            for p in (root / "metrics").rglob("*.json")}
+
+
 def mlflow_runs(repo: Path) -> list:
     import mlflow
 
@@ -178,12 +198,24 @@ def repro_repo(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) ->
     repo = make_repo(tmp_path_factory.mktemp("repro") / "repo", PROFILE)
     started = time.monotonic()
     result = run(["dvc", "repro"], repo, env)
+    seconds = time.monotonic() - started
+    # The finished run as the fan-out test starts from it (later tests change this repository):
+    # its cached outputs in a local DVC remote, its dvc.lock and uncached outputs copied.
+    remote = tmp_path_factory.mktemp("dvc-remote")
+    run(["dvc", "remote", "add", "--local", "-d", "shared", str(remote)], repo, env)
+    run(["dvc", "push", "--quiet"], repo, env)
+    snapshot = tmp_path_factory.mktemp("repro-snapshot")
+    shutil.copy2(repo / "dvc.lock", snapshot / "dvc.lock")
+    for name in UNCACHED_DIRS:
+        shutil.copytree(repo / name, snapshot / name)
     return {
         "repo": repo,
         "output": result.stdout + result.stderr,
-        "seconds": time.monotonic() - started,
+        "seconds": seconds,
         "lock_outs": lock_outs(repo),
         "started_at": started,
+        "remote": remote,
+        "snapshot": snapshot,
     }
 
 
@@ -488,6 +520,101 @@ def test_pipeline_flow_gives_the_same_files_and_a_true_lock(
             assert len(rows) == len(ROW_KEYS) and all(t.state.is_completed() for t in rows)
 
     asyncio.run(check())
+
+
+# --------------------------------------------------------------------------- fan-out over workers
+
+
+def start_worker(clone: Path, name: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """A process worker taking the stage deployment's flow runs (pool ``cpu``, queue ``stages``)
+    one at a time, in ``clone``."""
+    worker_env = {**env, "FRCNN_STAGE_CLONE": str(clone), "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    command = ["prefect", "worker", "start", "--pool", "cpu", "--work-queue", "stages", "--limit", "1", "--name", name]
+    with open(log, "w") as out:
+        return subprocess.Popen(command, cwd=clone, env=worker_env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    if worker.poll() is None:
+        os.killpg(worker.pid, signal.SIGINT)  # a process worker ignores SIGTERM
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=30)
+
+
+def test_fanned_out_pipeline_over_two_workers_gives_the_same_files_and_metrics(
+    repro_repo: dict, env: dict[str, str], tmp_path: Path, prefect_api: str
+) -> None:
+    """The stages after the four steps on two process workers, each in its own clone, their
+    outputs through a local-directory DVC remote; the four steps come from ``dvc repro``'s
+    run through the same remote (their dvc.lock entries, their files pulled) so that they
+    are not trained again."""
+    from flows.fanout import LOCAL_STAGES
+
+    snapshot = repro_repo["snapshot"]
+    parent = make_repo(tmp_path / "parent", PROFILE)
+    git = ["git", "-c", "user.email=test@example.com", "-c", "user.name=test"]
+    run(["dvc", "remote", "add", "-d", "shared", str(repro_repo["remote"])], parent, env)
+    run([*git, "commit", "-qam", "the DVC remote every worker reaches"], parent, env)
+    lock = yaml.safe_load((snapshot / "dvc.lock").read_text())
+    lock["stages"] = {name: entry for name, entry in lock["stages"].items() if name in ALTERNATING_STAGES}
+    (parent / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    run(["dvc", "pull", "--quiet", *ALTERNATING_STAGES], parent, env)
+    for entry in lock["stages"].values():
+        for out in entry.get("outs", []):
+            if not (parent / out["path"]).exists():  # uncached: not in the remote
+                (parent / out["path"]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(snapshot / out["path"], parent / out["path"])
+    assert json.loads(run(["dvc", "status", "--json", *ALTERNATING_STAGES], parent, env).stdout) == {}
+    clones = [tmp_path / f"clone-{n}" for n in ("a", "b")]
+    for clone in clones:
+        run(["git", "clone", "-q", str(parent), str(clone)], tmp_path, env)
+    run(["prefect", "work-pool", "create", "cpu", "--type", "process"], parent, env)
+    run(["prefect", "--no-prompt", "deploy", "--name", "stage-cpu"], parent, env)
+    workers = [start_worker(clone, clone.name, env, tmp_path / f"{clone.name}.log") for clone in clones]
+    try:
+        result = run([sys.executable, "-m", "flows.pipeline", "--fan-out"], parent, env, timeout=2400)
+    finally:
+        for worker in workers:
+            stop_worker(worker)
+    handed_out = [s for s in STAGES if s not in LOCAL_STAGES]
+    summary = next(line for line in reversed(result.stdout.splitlines()) if "'ran': [" in line)
+    ran = re.search(r"'ran': \[([^\]]*)\]", summary).group(1)
+    assert sorted(re.findall(r"'([^']+)'", ran)) == sorted([*handed_out, "ablation_report", "summary"])
+    # dvc.lock is true, the files are the single-process run's, and so are the metrics.
+    assert json.loads(run(["dvc", "status", "--json"], parent, env).stdout) == {}
+    assert lock_outs(parent) == repro_repo["lock_outs"]
+    assert metrics_files(parent) == metrics_files(snapshot)
+    # Each handed-out stage ran once, as a subflow run of the pipeline's flow run, on one of
+    # the workers (its clone's MLflow store holds its run, of this execution); both worked.
+    by_clone = {clone.name: mlflow_runs(clone) if (clone / "mlflow.db").exists() else [] for clone in clones}
+    stages_by_clone = {name: sorted(r.data.tags["stage"] for r in runs) for name, runs in by_clone.items()}
+    assert sorted(s for stages in stages_by_clone.values() for s in stages) == sorted(handed_out)
+    assert all(stages_by_clone.values()), f"a worker ran nothing: {stages_by_clone}"
+    [pipeline_id] = {r.data.tags["pipeline_run_id"] for runs in by_clone.values() for r in runs}
+    import asyncio
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    async def stage_runs() -> list:
+        async with get_client() as client:
+            stage_flow = FlowFilter(name=FlowFilterName(any_=["faster-rcnn-stage"]))
+            return await client.read_flow_runs(flow_filter=stage_flow, limit=200)
+
+    runs = asyncio.run(stage_runs())
+    assert sorted(r.name for r in runs) == sorted(handed_out)
+    assert all(r.state.is_completed() and r.parent_task_run_id is not None for r in runs)
+
+    async def parent_state() -> bool:
+        async with get_client() as client:
+            return (await client.read_flow_run(UUID(pipeline_id))).state.is_completed()
+
+    assert asyncio.run(parent_state())
 
 
 # --------------------------------------------------------------------------- joint training
