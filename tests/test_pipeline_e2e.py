@@ -114,8 +114,8 @@ def lock_outs(repo: Path) -> dict[str, str]:
 
 #: Where the stages' uncached outputs live (metrics, PNG plots, small reports).
 UNCACHED_DIRS = ("metrics", "plots", "reports")
-#: Metrics keys that measure time on this machine (wall time, Table 5's ms and fps).
-CLOCK_KEYS = re.compile(r"seconds|_ms$|^fps$")
+#: Metrics keys that measure time on this machine (wall times, Table 5's ms, fps and ratios).
+CLOCK_KEYS = re.compile(r"seconds|_ms$|^fps$|_ratio_|^train_s$")
 
 
 def without_clock(value: object) -> object:
