@@ -28,9 +28,13 @@ for n in 4 6; do
   dvc exp run -n "step1-$n" -S data=tiny -S train=tiny -S train.step1_rpn.iterations=$n > "exp-$n.log" 2>&1
 done
 echo "== repository: $DEST"
+# Tables as a 120-column terminal shows them (rich reads COLUMNS when the output is not a tty).
+export COLUMNS=120
 echo "== dvc metrics show";  dvc metrics show
-echo "== dvc exp show";      dvc exp show --no-pager
-echo "== dvc exp show --only-changed"; dvc exp show --no-pager --only-changed
+echo "== dvc metrics diff step1-4 step1-6"; dvc metrics diff step1-4 step1-6
+echo "== dvc exp show (metrics only: every param and dep column dropped)"
+dvc exp show --no-pager --drop 'Created|.*[./].*'
 echo "== dvc exp diff step1-4 step1-6"; dvc exp diff step1-4 step1-6
-echo "== dvc metrics show metrics/evaluate.json"; dvc metrics show metrics/evaluate.json | cut -c1-200 | head -5
+echo "== dvc metrics show metrics/evaluate.json (one stage's details)"
+dvc metrics show metrics/evaluate.json | cut -c1-120 | head -3
 echo "== dvc plots diff step1-4 step1-6"; dvc plots diff step1-4 step1-6 -o plots-diff
