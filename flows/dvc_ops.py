@@ -38,6 +38,17 @@ def stale_stages(root: Path, stage: str) -> dict[str, Any]:
         return repo.status(targets=[stage])
 
 
+def should_run(root: Path, stage: str, force: bool, log: Any) -> bool:
+    """Whether the pipeline runs ``stage`` now: stale under ``dvc status``, or ``force``.
+    Logs the decision on ``log`` (a logger) either way."""
+    status = stale_stages(root, stage)
+    if not force and not status:
+        log.info("stage %s is up to date, skipping", stage)
+        return False
+    log.info("running stage %s (%s)", stage, "forced" if force and not status else status)
+    return True
+
+
 def commit_stage(root: Path, stage: str) -> None:
     """``dvc commit --force <stage>``: record what the stage just ran with and produced
     (and save its run-cache entry)."""

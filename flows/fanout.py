@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from flows.dvc_ops import FanOutError, commit_stage, require_remote, restore_from_remote, stale_stages
+from flows.dvc_ops import FanOutError, commit_stage, require_remote, restore_from_remote, should_run
 from flows.stage import execute_stage
 from flows.stage_worker import STAGE_FLOW, checkout_id, stage_run_parameters
 
@@ -124,12 +124,9 @@ def run_fanned_out(root: Path, wanted: list[str], force: bool, deployment: str, 
             continue
         stage = next((s for s in ready if fanned_out(s)), ready[0])
         remaining.remove(stage)
-        status = stale_stages(root, stage)
-        if not force and not status:
-            log.info("stage %s is up to date, skipping", stage)
+        if not should_run(root, stage, force, log):
             skipped.append(stage)
             continue
-        log.info("running stage %s (%s)", stage, "forced" if force and not status else status)
         ran.append(stage)
         if fanned_out(stage):
             fan.submit(stage)

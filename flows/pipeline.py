@@ -43,7 +43,7 @@ from typing import Any
 
 import flows  # noqa: F401  (Prefect defaults before prefect is imported)
 from flows.artifacts import publish_results
-from flows.dvc_ops import FanOutError, commit_stage, stale_stages
+from flows.dvc_ops import FanOutError, commit_stage, should_run, stale_stages
 from flows.fanout import STAGE_DEPLOYMENT, run_fanned_out
 from flows.runtime import call, in_flow_run, run_flow
 from flows.stage import configure_threads, execute_stage, stage_settings
@@ -110,12 +110,9 @@ def run_in_process(root: Path, wanted: list[str], force: bool, log: Any) -> tupl
         if pending_rows and row_key(stage) is None:
             run_rows_concurrently(root, pending_rows, log)
             pending_rows = []
-        status = stale_stages(root, stage)
-        if not force and not status:
-            log.info("stage %s is up to date, skipping", stage)
+        if not should_run(root, stage, force, log):
             skipped.append(stage)
             continue
-        log.info("running stage %s (%s)", stage, "forced" if force and not status else status)
         ran.append(stage)
         if concurrent_rows and row_key(stage) is not None:
             pending_rows.append(stage)  # every row's inputs are ready: the model stages came first
