@@ -10,6 +10,7 @@ dvc.lock records exactly the files the worker made.
 """
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from contextlib import chdir, contextmanager
 from pathlib import Path
@@ -30,6 +31,15 @@ def _dvc_repo(root: Path) -> Iterator[Any]:
 
     with chdir(root), Repo(str(root)) as repo:
         yield repo
+
+
+def git(root: Path, *args: str) -> str:
+    """``git <args>`` in ``root``, its stdout (unstripped: porcelain lines start with a space);
+    a ``FanOutError`` with git's message when it fails."""
+    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise FanOutError(f"{root}: git {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
 
 
 def stale_stages(root: Path, stage: str) -> dict[str, Any]:

@@ -11,13 +11,12 @@ to the DVC remote, and the parent restores them from there and commits them
 """
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from flows.dvc_ops import FanOutError, commit_stage, require_remote, restore_from_remote, should_run
+from flows.dvc_ops import FanOutError, commit_stage, git, require_remote, restore_from_remote, should_run
 from flows.stage import execute_stage
 from flows.stage_worker import STAGE_FLOW, checkout_id, stage_run_parameters
 
@@ -37,20 +36,14 @@ def fanned_out(stage: str) -> bool:
     return stage not in LOCAL_STAGES
 
 
-def _git(root: Path, *args: str) -> str:
-    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise FanOutError(f"{root}: git {' '.join(args)} failed: {result.stderr.strip()}")
-    return result.stdout
-
 
 def committed_head(root: Path) -> str:
     """``root``'s git commit, refused while tracked files other than params.yaml, dvc.lock
     and stage outputs differ from it: a worker checks out the commit, so its code would
     not be this code (and its run would match no run-cache entry here)."""
-    head = _git(root, "rev-parse", "HEAD").strip()
+    head = git(root, "rev-parse", "HEAD").strip()
     allowed = {"params.yaml", "dvc.lock", *producers()}
-    changed = [line[3:] for line in _git(root, "status", "--porcelain", "--untracked-files=no").splitlines()]
+    changed = [line[3:] for line in git(root, "status", "--porcelain", "--untracked-files=no").splitlines()]
     dirty = [path for path in changed if path not in allowed and not any(path.startswith(p + "/") for p in allowed)]
     if dirty:
         raise FanOutError(f"{root}: uncommitted changes to {dirty}: commit them (and push the commit where "

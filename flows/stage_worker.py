@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import flows  # noqa: F401  (Prefect defaults before prefect is imported)
-from flows.dvc_ops import FanOutError, commit_stage, pull_inputs, push_outputs, require_remote
+from flows.dvc_ops import FanOutError, commit_stage, git, pull_inputs, push_outputs, require_remote
 from flows.stage import configure_threads, execute_stage
 from prefect import flow, get_run_logger
 
@@ -42,12 +42,6 @@ STAGE_FLOW = "faster-rcnn-stage"
 #: The worker's clone, entered by the deployment's pull step.
 CLONE_ENV = "FRCNN_STAGE_CLONE"
 
-
-def _git(root: Path, *args: str) -> str:
-    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise FanOutError(f"{root}: git {' '.join(args)} failed: {result.stderr.strip()}")
-    return result.stdout.strip()
 
 
 def _has_commit(root: Path, commit: str) -> bool:
@@ -72,13 +66,13 @@ def sync_clone(root: Path, commit: str, params: str, lock: str) -> None:
     """Check out ``commit`` in ``root`` (fetching ``origin`` if needed), then write the
     parent's params.yaml and dvc.lock (an empty ``lock``: no dvc.lock yet)."""
     if not _has_commit(root, commit):
-        _git(root, "fetch", "--quiet", "origin")
+        git(root, "fetch", "--quiet", "origin")
         if not _has_commit(root, commit):
             raise FanOutError(
                 f"{root}: commit {commit} is neither here nor in its origin: push the pipeline's commit to "
                 "the git remote the workers clone"
             )
-    _git(root, "checkout", "--quiet", "--force", "--detach", commit)
+    git(root, "checkout", "--quiet", "--force", "--detach", commit)
     (root / "params.yaml").write_text(params, encoding="utf-8")
     lock_path = root / "dvc.lock"
     if lock:

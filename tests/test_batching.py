@@ -11,31 +11,19 @@ import torch
 
 from model.anchors import anchors_inside
 from model.batching import chunks, pad_images
-from model.config import AnchorConfig, DetectorConfig, ProposalConfig
+from model.config import ProposalConfig
 from model.faster_rcnn import FasterRCNN
 from model.roi.sampling import sample_rois
 from model.rpn.targets import label_anchors
+from tiny_lite0 import tiny_lite0
 
-CLASSES = ("disc", "bar")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def model() -> FasterRCNN:
-    torch.manual_seed(0)
-    cfg = DetectorConfig(
-        class_names=CLASSES, backbone="efficientnet_lite0", pretrained=False, min_size=96, max_size=160,
-        anchors=AnchorConfig(scales=(2.0, 4.0, 8.0)),
-    )
-    cfg.roi.batch_size_per_image = 16
-    return FasterRCNN(cfg)
+    return tiny_lite0()
 
 
 def _image(height: int, width: int, seed: int) -> torch.Tensor:

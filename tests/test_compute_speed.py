@@ -7,31 +7,18 @@ import pytest
 import torch
 
 from model import memory_format
-from model.config import AnchorConfig, DetectorConfig
 from model.faster_rcnn import FasterRCNN
 from model.precision import ENV, as_float32, autocast, check_precision, default_precision
+from tiny_lite0 import tiny_lite0
 
-CLASSES = ("disc", "bar")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def model() -> FasterRCNN:
     """Lite0 with its convolutional top (late MBConv blocks), the layout-sensitive one."""
-    torch.manual_seed(0)
-    cfg = DetectorConfig(
-        class_names=CLASSES, backbone="efficientnet_lite0", pretrained=False, min_size=96, max_size=160,
-        anchors=AnchorConfig(scales=(2.0, 4.0, 8.0)),
-    )
-    cfg.roi.batch_size_per_image = 16
-    net = FasterRCNN(cfg, {"pool_size": 7})
+    net = tiny_lite0(pool_size=7)
     net.roi_head.cls_score.bias.data[1] = 4.0  # detections to compare on an untrained net
     return net
 

@@ -26,12 +26,7 @@ from model.one_stage import (
 CLASSES = ("disc", "bar")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(**kwargs) -> DetectorConfig:
