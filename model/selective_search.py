@@ -27,6 +27,12 @@ Details worth knowing:
 - Parallel: ``selective_search_dataset(..., workers=N)`` splits the images over N
   processes. Each image's search reseeds ``rand()`` in the process that runs it, so the
   boxes equal the serial run's, whatever the split.
+- ``rand()`` is process-wide: any other thread that calls the C library's ``rand()`` /
+  ``random()`` while a search runs (ctypes and most extensions release the GIL) shifts the
+  sequence and so the order. ``selective_search`` alone cannot prevent that;
+  ``selective_search_dataset`` can: when the calling process has other Python threads (a
+  Prefect flow's, a server's, a test runner's), it searches in a worker process even for
+  ``workers=1``, so its boxes do not depend on what else the process is doing.
 - Scores for caches (``selective_search_dataset``): SS has no score; ``1 - i / P`` for the
   ``i``-th box keeps the rank order, so the cache reads like an RPN proposal cache (boxes
   sorted by descending score).
@@ -256,7 +262,8 @@ def selective_search_dataset(
 
     The same seed is used for every image, so one image's boxes do not depend on which
     images came before it, nor on which process searched it: ``workers`` processes
-    (``resolve_workers``; 1: this process) give the serial run's boxes exactly. Raises
+    (``resolve_workers``; 1: this process, or one worker process when this one has other
+    threads) give the serial run's boxes exactly. Raises
     ``DatasetError`` naming the file if an image's size differs from its annotation.
     """
     records = list(dataset.records)
@@ -269,8 +276,10 @@ def selective_search_dataset(
                 "min_size": min_size, "seed": seed, "num_threads": num_threads, "upscale": upscale}
     search = functools.partial(_search_record, settings=settings)
     processes = resolve_workers(workers, len(records))
+    # Other threads could call rand() mid-search (module docstring): search elsewhere.
+    in_process = processes == 1 and threading.active_count() == 1
     with contextlib.ExitStack() as stack:
-        if processes == 1:
+        if in_process:
             boxes_iter: Iterable[np.ndarray] = map(search, records)
         else:
             # forkserver: workers start from a clean process, not a fork of one whose

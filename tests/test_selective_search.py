@@ -1,7 +1,10 @@
 """Selective search proposals (model/selective_search.py) on a drawn image and on real BCCD images."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -129,10 +132,35 @@ def test_real_bccd_image():
     boxes = selective_search(image, max_side=320, max_proposals=300)
     _check_boxes(boxes, 480, 640)
     assert boxes.shape[0] == 300  # fast mode gives about 500 boxes at 320 px
-    assert torch.equal(boxes, selective_search(image, max_side=320, max_proposals=300))
     # Blood cells are 40-120 px: plenty of proposals must be cell-sized, not only tiny or whole-image.
     widths = boxes[:, 2] - boxes[:, 0] + 1
     assert ((widths >= 30) & (widths <= 150)).sum() >= 50
+
+
+@needs_bccd
+def test_dataset_search_is_reproducible_while_other_threads_call_rand():
+    # The flake this guards against: a thread calling the C rand() between srand and the
+    # search shifted the ranking (the 300th box differed between two calls in one run).
+    record = ImageRecord("BloodImage_00000", BCCD / "JPEGImages" / "BloodImage_00000.jpg", 640, 480)
+    dataset = DetectionDataset(BCCD, ("RBC", "WBC", "Platelets"), [record])
+    settings = {"max_side": 320, "max_proposals": 300, "progress": False}
+    quiet = selective_search_dataset(dataset, **settings)["BloodImage_00000"][0]
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    stop = threading.Event()
+
+    def call_rand() -> None:
+        while not stop.is_set():
+            libc.rand()
+
+    thread = threading.Thread(target=call_rand, daemon=True)
+    thread.start()
+    try:
+        busy = selective_search_dataset(dataset, **settings)["BloodImage_00000"][0]
+    finally:
+        stop.set()
+        thread.join()
+    assert quiet.shape[0] == 300
+    assert torch.equal(quiet, busy)
 
 
 @needs_bccd
