@@ -115,7 +115,7 @@ def configure_threads() -> None:
 
 
 def data_parallel_processes(settings: Settings) -> int:
-    """``pipeline.nproc_per_node`` of a stage that declares it (a training stage), else 1."""
+    """``pipeline.nproc_per_node`` of a stage that declares it (a training or inference stage), else 1."""
     if not (declares(settings, "pipeline") and declares(settings.pipeline, "nproc_per_node")):
         return 1
     return settings.pipeline.nproc_per_node

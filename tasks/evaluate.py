@@ -29,6 +29,7 @@ from tasks.data import load_split, read_manifest
 from tasks.lazy_prefect import task
 from tasks.settings import Settings
 from tasks.weights import device, load_model
+from tasks.world import inference_run, is_main
 
 
 def score_detections(
@@ -76,6 +77,8 @@ def evaluate_rows(settings: Settings) -> dict[str, Any]:
     unshared, unshared_voc, unshared_dets = evaluate_detector(
         detector2, test, metric, proposals={k: boxes for k, (boxes, _) in step1_proposals.items()}
     )
+    if not is_main():
+        return {}
 
     image_set = manifest["splits"]["test"]["name"]
     classes = list(manifest["classes"])
@@ -96,11 +99,13 @@ def evaluate_rows(settings: Settings) -> dict[str, Any]:
 
 @task(name="evaluate")
 def evaluate_task(settings: Settings) -> dict[str, Any]:
-    from tasks.tracking import registered_model_name, stage_run
+    from tasks.tracking import registered_model_name
 
     experiment = settings.tracking.experiment
-    with stage_run("evaluate", experiment, settings) as run:
+    with inference_run("evaluate", settings) as run:
         metrics = evaluate_rows(settings)
+        if run is None:
+            return metrics
         run.log_metrics(metrics)
         # The final model goes to the Model Registry with its own row's metrics.
         name = registered_model_name(experiment)

@@ -41,7 +41,7 @@ from tasks.stages import JOINT_RESULTS as RESULTS_DIR
 from tasks.stages import JOINT_TRAIN as TRAIN_STAGE
 from tasks.train import loss_summary, saved_progress
 from tasks.weights import device, load_model
-from tasks.world import data_parallel, is_main, joined, training_run
+from tasks.world import data_parallel, inference_run, is_main, joined, training_run
 
 SCHEDULE = "joint"
 
@@ -105,6 +105,8 @@ def evaluate_joint(settings: Settings) -> dict[str, Any]:
     test = load_split("test", manifest)
     model = load_model(layout.checkpoint(TRAIN_STAGE), settings, device())
     scores, voc, detections = evaluate_detector(model, test, metric)
+    if not is_main():
+        return {}
     image_set = manifest["splits"]["test"]["name"]
     classes = list(manifest["classes"])
     publish_directory(RESULTS_DIR, lambda d: write_voc_results(detections, classes, d, image_set))
@@ -124,11 +126,13 @@ def joint_train_task(settings: Settings) -> dict[str, Any]:
 @task(name="joint_evaluate")
 def joint_evaluate_task(settings: Settings) -> dict[str, Any]:
     """Prefect task: score the joint model, log it to MLflow and register it."""
-    from tasks.tracking import joint_model_name, stage_run
+    from tasks.tracking import joint_model_name
 
     experiment = settings.tracking.experiment
-    with stage_run(EVALUATE_STAGE, experiment, settings) as run:
+    with inference_run(EVALUATE_STAGE, settings) as run:
         metrics = evaluate_joint(settings)
+        if run is None:
+            return metrics
         run.log_metrics(metrics)
         name = joint_model_name(experiment)
         version = run.register_detector(layout.checkpoint(TRAIN_STAGE), name, metrics)

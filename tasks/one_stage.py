@@ -30,7 +30,7 @@ from tasks.resume import resume_files
 from tasks.settings import Settings, training_schedule, with_settings
 from tasks.train import loss_summary, saved_progress
 from tasks.weights import device, initial_config, seeded
-from tasks.world import data_parallel, is_main, joined, training_run
+from tasks.world import data_parallel, inference_run, is_main, joined, training_run
 
 STAGE = "one_stage"
 SCORE_STAGE = "one_stage_score"
@@ -82,6 +82,8 @@ def score(settings: Settings, progress: bool = True) -> dict[str, Any]:
     model.cfg = with_settings(model.cfg, settings)
     test_set = load_split("test", read_manifest())
     scores, voc, _ = evaluate_detector(model, test_set, settings.evaluate.metric, progress=progress)
+    if not is_main():
+        return {}
     plots.pr_curves(voc.curves, layout.plot(SCORE_STAGE, "pr"),
                     f"one-stage detector on the test split, mAP {voc.mAP:.3f}")
     write_json(layout.metrics(SCORE_STAGE), scores)
@@ -110,9 +112,8 @@ def one_stage_task(settings: Settings) -> dict[str, Any]:
 @task(name="one_stage_score")
 def one_stage_score_task(settings: Settings) -> dict[str, Any]:
     """Prefect task: the one-stage detector's score, logged as the stage's MLflow run."""
-    from tasks.tracking import stage_run
-
-    with stage_run(SCORE_STAGE, settings.tracking.experiment, settings) as run:
+    with inference_run(SCORE_STAGE, settings) as run:
         metrics = score(settings)
-        run.log_stage_outputs(SCORE_STAGE, metrics, plot="pr")
+        if run is not None:
+            run.log_stage_outputs(SCORE_STAGE, metrics, plot="pr")
     return metrics

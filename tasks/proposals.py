@@ -34,6 +34,7 @@ from tasks.data import load_split, read_manifest
 from tasks.lazy_prefect import task
 from tasks.settings import Settings
 from tasks.weights import load_model
+from tasks.world import inference_run, is_main
 
 #: proposal stage -> the RPN stage whose checkpoint makes the proposals.
 RPN_OF = PROPOSAL_CACHES
@@ -121,14 +122,17 @@ def cache_splits(
     test cache's recall (read back through ``load_cache``, as the next stage reads it).
 
     ``propose(dataset)`` gives ``image_id -> (boxes, scores)``; ``fingerprint(role, ids)``
-    what made them. Returns the stage's metrics: mean proposals per image and recall.
+    what made them. Returns the stage's metrics: mean proposals per image and recall
+    (nothing, and nothing written, in a process other than rank 0 of several).
     """
     manifest = read_manifest()
     metrics: dict[str, Any] = {}
     for role in ("train", "test"):
         dataset = load_split(role, manifest)
         ids = [r.image_id for r in dataset.records]
-        proposals = propose(dataset)
+        proposals = propose(dataset)  # every process takes part; only rank 0 goes on
+        if not is_main():
+            continue
         save_proposal_cache(layout.proposals(stage, role), proposals, fingerprint(role, ids))
         counts = [int(boxes.shape[0]) for boxes, _ in proposals.values()]
         metrics[f"{role}_mean_proposals"] = sum(counts) / max(1, len(counts))
@@ -136,7 +140,7 @@ def cache_splits(
             cache = load_cache(stage, role, settings, ids)
             recall, _ = score_recall(dataset, cache.boxes(), settings, layout.plot(stage, "recall_vs_iou"), title)
             metrics.update(recall)
-    return metrics
+    return metrics if is_main() else {}
 
 
 def cache_proposals(stage: str, settings: Settings) -> dict[str, Any]:
@@ -150,16 +154,16 @@ def cache_proposals(stage: str, settings: Settings) -> dict[str, Any]:
         title=f"{rpn_stage} proposals on the test split "
         f"({'all' if cfg.post_nms_top_n <= 0 else f'at most {cfg.post_nms_top_n}'} cached per image)",
     )
-    write_json(layout.metrics(stage), metrics)
+    if is_main():
+        write_json(layout.metrics(stage), metrics)
     return metrics
 
 
 @task(name="cache_proposals")
 def cache_proposals_task(stage: str, settings: Settings) -> dict[str, Any]:
-    from tasks.tracking import stage_run
-
     step = 1 if stage.startswith("step1") else 3
-    with stage_run(stage, settings.tracking.experiment, settings, step=step) as run:
+    with inference_run(stage, settings, step=step) as run:
         metrics = cache_proposals(stage, settings)
-        run.log_stage_outputs(stage, metrics, plot="recall_vs_iou")
+        if run is not None:
+            run.log_stage_outputs(stage, metrics, plot="recall_vs_iou")
     return metrics

@@ -22,6 +22,7 @@ from tasks.lazy_prefect import task
 from tasks.proposals import load_cache
 from tasks.settings import Settings
 from tasks.weights import load_model
+from tasks.world import inference_run, is_main
 
 #: A score stage's name: the detector step it scores, then this.
 SUFFIX = "_score"
@@ -35,6 +36,8 @@ def score_step(stage: str, step_name: str, settings: Settings, progress: bool = 
     cache = load_cache(step.proposals, "test", settings, [r.image_id for r in test_set.records])
     scores, voc, _ = evaluate_detector(model, test_set, settings.evaluate.metric,
                                        proposals=cache.boxes(), progress=progress)
+    if not is_main():
+        return {}
     plots.pr_curves(voc.curves, layout.plot(stage, "pr"),
                     f"{step.name} on the test split ({step.proposals} cache), mAP {voc.mAP:.3f}")
     write_json(layout.metrics(stage), scores)
@@ -44,9 +47,8 @@ def score_step(stage: str, step_name: str, settings: Settings, progress: bool = 
 @task(name="score_step")
 def score_step_task(stage: str, step_name: str, settings: Settings) -> dict[str, Any]:
     """Prefect task: one detector step's score, logged as the stage's MLflow run."""
-    from tasks.tracking import stage_run
-
-    with stage_run(stage, settings.tracking.experiment, settings, step=training_step(step_name).paper_step) as run:
+    with inference_run(stage, settings, step=training_step(step_name).paper_step) as run:
         metrics = score_step(stage, step_name, settings)
-        run.log_stage_outputs(stage, metrics, plot="pr")
+        if run is not None:
+            run.log_stage_outputs(stage, metrics, plot="pr")
     return metrics

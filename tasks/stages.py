@@ -104,7 +104,8 @@ STRONGER_RPN = "ablations.stronger_rpn"
 RECALL = ("evaluate.recall_top_ns", "evaluate.recall_ious")
 #: The run's place in a seed study (``tasks.settings.run_seed``): every training stage reads it.
 SEED = "pipeline.seed"
-#: How many processes train a training stage and how its learning rate follows (``tasks.world``).
+#: How many processes run a training or inference stage (``tasks.world``), and how a training
+#: stage's learning rate follows.
 NPROC = "pipeline.nproc_per_node"
 LR_SCALING = "pipeline.lr_scaling"
 DATA_PARALLEL = (NPROC, LR_SCALING)
@@ -166,7 +167,7 @@ def score_stage(step: TrainingStep) -> Stage:
     name = f"{step.name}_score"
     inputs = (_ckpt(step.name), *_cache_inputs(step.proposals, "test"), PREPARED)
     return Stage(name, f"{step.name} scored on the test split with its cached test proposals (all of them).",
-                 "tasks.score:score_step_task", (*INPUT, "model.test", _cache_settings(step), "evaluate.metric"),
+                 "tasks.score:score_step_task", (*INPUT, "model.test", _cache_settings(step), "evaluate.metric", NPROC),
                  tuple(dict.fromkeys(inputs)), plots=_plot(name, "pr"), args=(name, step.name))
 
 
@@ -174,7 +175,7 @@ def proposal_stage(cache: str) -> Stage:
     rpn = PROPOSAL_CACHES[cache]
     return Stage(cache, f"Cache {rpn.split('_')[0].replace('step', 'step ')}'s proposals (train + test) with their "
                  "fingerprint; proposal recall.", "tasks.proposals:cache_proposals_task",
-                 (*INPUT, "model.cache_proposals", *RECALL), (_ckpt(rpn), PREPARED), outs=_caches(cache),
+                 (*INPUT, "model.cache_proposals", *RECALL, NPROC), (_ckpt(rpn), PREPARED), outs=_caches(cache),
                  plots=_plot(cache, "recall_vs_iou"), args=(cache,))
 
 
@@ -266,7 +267,7 @@ REGISTRY: tuple[Stage | StageGroup, ...] = (
           (_ckpt(STEP3.name), _ckpt(STEP4.name)), outs=(_ckpt("final"),)),
     Stage("evaluate", "VOC07 mAP, per-class AP, COCO AP of the shared model and the unshared pair (step-1 RPN + "
           "step-2 detector).", "tasks.evaluate:evaluate_task",
-          (*INPUT, "model.test_proposals", "model.test", "evaluate.metric"),
+          (*INPUT, "model.test_proposals", "model.test", "evaluate.metric", NPROC),
           (_ckpt("final"), _ckpt(STEP1.name), _ckpt(STEP2.name), PREPARED),
           outs=tuple(str(layout.results_dir(r)) for r in ("shared", "unshared")),
           plots=_plot("evaluate", "pr_shared", "pr_unshared")),
@@ -280,7 +281,7 @@ REGISTRY: tuple[Stage | StageGroup, ...] = (
           (_ckpt(INITIAL), PREPARED), outs=(_ckpt(JOINT_TRAIN),), plots=_plot(JOINT_TRAIN, "loss")),
     Stage(JOINT_EVALUATE, "VOC07 mAP, per-class AP, COCO AP of the joint model with evaluate's test settings; "
           "registered in MLflow.", "tasks.joint:joint_evaluate_task",
-          (*INPUT, "model.test_proposals", "model.test", "evaluate.metric"), (_ckpt(JOINT_TRAIN), PREPARED),
+          (*INPUT, "model.test_proposals", "model.test", "evaluate.metric", NPROC), (_ckpt(JOINT_TRAIN), PREPARED),
           outs=(str(JOINT_RESULTS),), plots=_plot(JOINT_EVALUATE, "pr")),
     # ---------------------------------------------------------------- ablations (tasks/ablations.py)
     Stage(SS_PROPOSALS, "Selective search (fast, ~2000 boxes) on train + test, cached with its fingerprint; recall.",
@@ -299,7 +300,7 @@ REGISTRY: tuple[Stage | StageGroup, ...] = (
           (PREPARED,), outs=(_ckpt("one_stage"),), plots=_plot("one_stage", "loss")),
     Stage("one_stage_score", "The one-stage detector scored on the test split (a stage of its own: evaluation "
           "settings are no input of its training).", "tasks.one_stage:one_stage_score_task",
-          (*INPUT, "model.test", "evaluate.metric"), (_ckpt("one_stage"), PREPARED),
+          (*INPUT, "model.test", "evaluate.metric", NPROC), (_ckpt("one_stage"), PREPARED),
           plots=_plot("one_stage_score", "pr")),
     ABLATION_ROWS,
     Stage("proposal_recall", "Recall vs IoU (0.5..0.95) of SS and RPN proposals, 300/1000/2000 per image (the "

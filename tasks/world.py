@@ -1,4 +1,4 @@
-"""A training stage run by several processes (``pipeline.nproc_per_node``, ``torchrun``).
+"""A stage run by several processes (``pipeline.nproc_per_node``, ``torchrun``).
 
 ``flows.stage`` re-starts a training stage under ``torch.distributed.run`` when
 ``pipeline.nproc_per_node`` > 1 (``flows.stage.torchrun_command``); each process runs the
@@ -7,6 +7,10 @@ images and averages the gradients (``model.distributed``); this module keeps the
 the stage to rank 0: only rank 0 opens the MLflow run (``training_run``) and writes the
 checkpoint, metrics and plots (``is_main``). The learning rate follows the linear rule
 (``pipeline.lr_scaling``: ``linear``, lr x N; ``none``: as configured), ``data_parallel``.
+
+Inference stages (proposal caching, evaluation, scoring) run the same way: each process
+proposes or detects on its share of the images (``model.inference``), every process gets
+all of them back, and only rank 0 scores, writes and logs (``inference_run``).
 """
 from __future__ import annotations
 
@@ -79,6 +83,21 @@ class QuietRun:
 
     def log_artifact(self, path: Any, artifact_path: str | None = None) -> None:
         pass
+
+
+@contextlib.contextmanager
+def inference_run(stage: str, settings: Settings, **kwargs: Any) -> Iterator[Any]:
+    """An inference stage's processes joined; inside, rank 0 has the stage's MLflow run
+    (``tasks.tracking.stage_run``, ``kwargs`` passed on) and the others ``None``: they
+    only take their share of the images and must write nothing."""
+    with joined(settings):
+        if not is_main():
+            yield None
+            return
+        from tasks.tracking import stage_run
+
+        with stage_run(stage, settings.tracking.experiment, settings, **kwargs) as run:
+            yield run
 
 
 @contextlib.contextmanager

@@ -5,7 +5,8 @@
 Each rank trains the tiny model three ways in one process group, writing what the test
 compares to ``<out>/rank<r>.pt``: a straight 6-iteration RPN run, the same run killed
 after its iteration-3 checkpoint and resumed, and 2 detector iterations; plus the image
-ids each rank was given per iteration.
+ids each rank was given per iteration; then the trained detector's proposals and
+detections over the whole set, each rank inferring on its share (``model.inference``).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from model.config import AnchorConfig, DetectorConfig  # noqa: E402
 from model.data.voc import load_voc  # noqa: E402
 from model.distributed import current_world, init_world  # noqa: E402
 from model.faster_rcnn import FasterRCNN  # noqa: E402
+from model.inference import detect_dataset, propose_dataset, shard_records  # noqa: E402
 
 CLASSES = ("circle", "square")
 
@@ -85,8 +87,14 @@ def main() -> None:
     detector_schedule = training.TrainSchedule(iterations=2, base_lr=0.01, seed=3, ims_per_batch=1)
     training.train_detector(detector, dataset, proposals, detector_schedule, out / "detector.pt", progress=False)
 
+    detector.eval()
+    with torch.inference_mode():
+        proposed = propose_dataset(detector, dataset, progress=False)
+        detected = detect_dataset(detector, dataset, progress=False)
     torch.save({"straight": weights(straight), "h_straight": h_straight, "order": order,
-                "resumed": weights(resumed), "h_resumed": h_resumed, "detector": weights(detector)},
+                "resumed": weights(resumed), "h_resumed": h_resumed, "detector": weights(detector),
+                "proposed": proposed, "shard": [r.image_id for r in shard_records(dataset.records, world)],
+                "detected": {k: (d.boxes, d.scores, d.labels) for k, d in detected.items()}},
                out / f"rank{world.rank}.pt")
 
 

@@ -4,7 +4,8 @@ One torchrun launch (tests/ddp_worker.py) trains a tiny model in 2 processes; th
 checks what it wrote: both ranks end with the same weights (gradients averaged, rank 0's
 start broadcast), each iteration's images are one process's batch of 2 split in two, a
 killed 2-process run resumes to the straight run's weights and losses, and its checkpoint
-refuses a resume by another number of processes.
+refuses a resume by another number of processes; and inference shared out over the two
+(each rank on every other image) gives every rank the one-process proposals and detections.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from model.checkpoint import CheckpointError, read_checkpoint
 from model.data.synthetic import SyntheticSpec, generate_synthetic_voc
 from model.data.voc import load_voc
 from model.distributed import World, scaled_learning_rate, shard
+from model.inference import detect_dataset, propose_dataset
 from model.training import ImageOrder, TrainSchedule, train_rpn
 
 from ddp_worker import make_model
@@ -84,6 +86,28 @@ def test_killed_two_process_run_resumes_to_the_straight_run(two_ranks) -> None:
     dataset = load_voc(root, "trainval", classes=CLASSES)
     with pytest.raises(CheckpointError, match=r"killed\.pt.*2 processes, this run has 1"):
         train_rpn(make_model(0), dataset, schedule, out / "killed.pt", progress=False)
+
+
+def test_inference_shared_out_equals_one_process(two_ranks, one_thread) -> None:
+    root, _, (r0, r1) = two_ranks
+    dataset = load_voc(root, "trainval", classes=CLASSES)
+    ids = [r.image_id for r in dataset.records]
+    assert r0["shard"] == ids[0::2] and r1["shard"] == ids[1::2]
+    model = make_model(0)
+    for group, module in model.group_modules().items():
+        prefix = f"{group}."
+        module.load_state_dict({k[len(prefix):]: v for k, v in r0["detector"].items() if k.startswith(prefix)})
+    model.eval()
+    with torch.inference_mode():
+        proposed = propose_dataset(model, dataset, progress=False)
+        detected = detect_dataset(model, dataset, progress=False)
+    for rank in (r0, r1):
+        assert list(rank["proposed"]) == ids and list(rank["detected"]) == ids  # the dataset's order
+        for image_id in ids:
+            assert all(torch.equal(a, b) for a, b in zip(rank["proposed"][image_id], proposed[image_id]))
+            det = detected[image_id]
+            assert all(torch.equal(a, b) for a, b in zip(rank["detected"][image_id], (det.boxes, det.scores, det.labels)))
+    assert sum(int(proposed[i][0].shape[0]) for i in ids) > 0
 
 
 def test_sharding_and_the_linear_rule() -> None:
