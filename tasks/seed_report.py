@@ -10,7 +10,10 @@ with :func:`tasks.noise.combine_seeds` (mean, spread, "within noise" verdicts) a
     dvc queue start -j 1 && dvc queue status          # wait until both are done
     python -m tasks.seed_report --exp workspace <exp-name-1> <exp-name-2>
 
-``workspace`` is the current checkout's own report. Exit codes: 0 written, 1 a report
+``workspace`` is the current checkout's own report. ``--metrics DIR ...`` reads runs'
+``metrics`` folders (each row's ``ablations/<row>.json``) instead: runs that scored only
+some of the rows (``dvc repro ablation@<row> ...``) then count for the rows they have, and
+``--csv`` takes ``ablations.csv`` files; the three mix. Exit codes: 0 written, 1 a report
 could not be read (the message names it), 2 usage errors.
 """
 from __future__ import annotations
@@ -72,6 +75,22 @@ def experiment_report(name: str) -> pd.DataFrame:
     return report_from_summary(json.loads(shown.stdout), f"experiment {name!r}: {path}")
 
 
+def metrics_report(folder: Path) -> pd.DataFrame:
+    """The ablation table of the rows a run scored: ``folder/ablations/<row>.json`` (its
+    ``mAP``); rows without a file are NaN (``build_ablation_table``)."""
+    ours: dict[str, float] = {}
+    for row in ALL_ROWS:
+        path = folder / "ablations" / f"{row.key}.json"
+        if path.exists():
+            try:
+                ours[row.key] = float(json.loads(path.read_text(encoding="utf-8"))["mAP"])
+            except (ValueError, KeyError, TypeError) as error:
+                raise ValueError(f"{path}: not an ablation row's metrics ({error})") from error
+    if not ours:
+        raise FileNotFoundError(f"{folder}: no ablation row metrics (ablations/<row>.json)")
+    return with_verdicts(build_ablation_table(ours, rows=ALL_ROWS, unit="fraction"))
+
+
 def combined_report(tables: Sequence[pd.DataFrame], labels: Sequence[str], out_dir: Path) -> dict[str, Path]:
     """Write the combined table (Markdown and CSV) into ``out_dir``; returns the paths."""
     combined = combine_seeds(tables)
@@ -90,14 +109,18 @@ def combined_report(tables: Sequence[pd.DataFrame], labels: Sequence[str], out_d
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.seed_report", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--exp", nargs="+", metavar="NAME", help="DVC experiment names (or 'workspace')")
-    source.add_argument("--csv", nargs="+", type=Path, metavar="PATH", help="ablations.csv files")
+    parser.add_argument("--exp", nargs="+", default=[], metavar="NAME", help="DVC experiment names (or 'workspace')")
+    parser.add_argument("--csv", nargs="+", default=[], type=Path, metavar="PATH", help="ablations.csv files")
+    parser.add_argument("--metrics", nargs="+", default=[], type=Path, metavar="DIR",
+                        help="runs' metrics folders (rows they did not score count as missing)")
     parser.add_argument("--out", type=Path, default=layout.REPORTS, help="folder for ablations_seeds.md / .csv")
     args = parser.parse_args(argv)
-    labels = [str(p) for p in args.csv] if args.csv else list(args.exp)
+    if not (args.exp or args.csv or args.metrics):
+        parser.error("give runs with --exp, --csv and/or --metrics")
+    labels = [*args.exp, *(str(p) for p in args.csv), *(str(p) for p in args.metrics)]
     try:
-        tables = [read_report_csv(p) for p in args.csv] if args.csv else [experiment_report(n) for n in args.exp]
+        tables = [*(experiment_report(n) for n in args.exp), *(read_report_csv(p) for p in args.csv),
+                  *(metrics_report(p) for p in args.metrics)]
         paths = combined_report(tables, labels, args.out)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

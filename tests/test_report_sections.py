@@ -160,3 +160,24 @@ def test_seed_report_reads_summaries_of_experiments(tmp_path, monkeypatch):
     combined = pd.read_csv(tmp_path / "out" / "ablations_seeds.csv", index_col="key")
     assert combined.loc["unshared", "our change"] == pytest.approx(-1.5)
     assert main(["--exp", "no-such-exp", "--out", str(tmp_path / "out")]) == 1
+
+
+def test_seed_report_takes_partial_runs_from_their_metrics_folders(tmp_path):
+    import json
+
+    from tasks.seed_report import main
+
+    # Run 1 scored both rows, run 2 only the unshared one: the shared row counts one run,
+    # its change (unshared minus shared) only run 1's.
+    for name, rows in (("a", {"shared": 0.70, "unshared": 0.68}), ("b", {"unshared": 0.66})):
+        folder = tmp_path / name / "ablations"
+        folder.mkdir(parents=True)
+        for key, value in rows.items():
+            (folder / f"{key}.json").write_text(json.dumps({"mAP": value, "ap": {}}))
+    assert main(["--metrics", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out")]) == 0
+    combined = pd.read_csv(tmp_path / "out" / "ablations_seeds.csv", index_col="key")
+    assert combined.loc["shared", "runs"] == 1 and combined.loc["unshared", "runs"] == 2
+    assert combined.loc["unshared", "our mAP (%)"] == pytest.approx(67.0)
+    assert combined.loc["unshared", "our change"] == pytest.approx(-2.0)
+    (tmp_path / "c").mkdir()
+    assert main(["--metrics", str(tmp_path / "c"), "--out", str(tmp_path / "out")]) == 1
